@@ -395,15 +395,15 @@ mod tests {
     fn content_comparison_ignores_only_the_place() {
         let data = EventData::new("T", &b"x"[..]).with_metadata("k", "v");
         let stream = StreamName::new("s").unwrap();
-        let recorded = RecordedEvent::from_data(
-            data.clone(),
-            stream,
-            Revision(3),
-            Position(9),
-            Timestamp(1),
-        );
+        let recorded =
+            RecordedEvent::from_data(data.clone(), stream, Revision(3), Position(9), Timestamp(1));
         assert!(data.same_content_as(&recorded));
-        assert!(!data.clone().with_metadata("k", "w").same_content_as(&recorded));
+        assert!(
+            !data
+                .clone()
+                .with_metadata("k", "w")
+                .same_content_as(&recorded)
+        );
         let mut other = data;
         other.payload = Bytes::from_static(b"y");
         assert!(!other.same_content_as(&recorded));

@@ -58,8 +58,8 @@ pub use read::{
     ReadStream, StreamPage, page_limit,
 };
 pub use store::{
-    AppendResult, DEFAULT_MAX_EVENT_SIZE, EventStore, MAX_LIST_STREAMS, StoreLimits,
-    StreamAppend, validate_appends,
+    AppendResult, DEFAULT_MAX_EVENT_SIZE, EventStore, MAX_LIST_STREAMS, StoreLimits, StreamAppend,
+    validate_appends,
 };
 pub use subscription::{
     OnFallingBehind, SubscribeAll, SubscribeStream, Subscription, SubscriptionMessage,

@@ -159,9 +159,7 @@ impl Visibility {
     /// Whether the event at `revision`, recorded at `recorded`, is visible.
     pub fn shows(&self, revision: Revision, recorded: Timestamp) -> bool {
         revision >= self.first_visible
-            && self
-                .recorded_after
-                .is_none_or(|cutoff| recorded >= cutoff)
+            && self.recorded_after.is_none_or(|cutoff| recorded >= cutoff)
     }
 }
 

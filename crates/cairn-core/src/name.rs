@@ -177,7 +177,10 @@ mod tests {
         let name = StreamName::new("order-42-lines").unwrap();
         assert_eq!(name.as_str(), "order-42-lines");
         assert_eq!(name.category(), "order");
-        assert_eq!(StreamName::new("inventory").unwrap().category(), "inventory");
+        assert_eq!(
+            StreamName::new("inventory").unwrap().category(),
+            "inventory"
+        );
         assert_eq!(StreamName::new("-x").unwrap().category(), "");
         assert_eq!(StreamName::new("π-ü").unwrap().category(), "π");
     }

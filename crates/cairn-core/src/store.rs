@@ -391,7 +391,13 @@ mod tests {
         let limits = StoreLimits { max_event_size: 64 };
         let fits = EventData::new("T", vec![0u8; 64 - 1 - 16]);
         assert_eq!(fits.size(), 64);
-        let append = |e: EventData| [StreamAppend::new(stream("a"), ExpectedRevision::Any, vec![e])];
+        let append = |e: EventData| {
+            [StreamAppend::new(
+                stream("a"),
+                ExpectedRevision::Any,
+                vec![e],
+            )]
+        };
         assert!(validate_appends(&append(fits), limits).is_ok());
         let over = EventData::new("T", vec![0u8; 64 - 16]);
         assert!(matches!(

@@ -428,16 +428,17 @@ impl<P: PageSource, C: CommitSignal> Driver<P, C> {
                 }
             }
             let found_any = !events.is_empty();
-            self.queue
-                .extend(events.into_iter().map(|e| Ok(SubscriptionMessage::Event(e))));
+            self.queue.extend(
+                events
+                    .into_iter()
+                    .map(|e| Ok(SubscriptionMessage::Event(e))),
+            );
             if end {
                 if !self.live {
                     self.live = true;
                     self.queue.push_back(Ok(SubscriptionMessage::CaughtUp));
-                } else if !found_any {
-                    if let Err(error) = self.signal.changed().await {
-                        return Some(self.fail(error.into()));
-                    }
+                } else if !found_any && let Err(error) = self.signal.changed().await {
+                    return Some(self.fail(error.into()));
                 }
             }
         }

@@ -511,11 +511,11 @@ impl EventStore for MemoryStore {
     ) -> Result<(), WriteError> {
         {
             let mut state = self.write();
-            if let CurrentRevision::Revision(last) = state.check_expected(stream, expected)? {
-                if let Some(entry) = state.streams.get_mut(stream) {
-                    entry.lifecycle = Lifecycle::SoftDeleted;
-                    entry.deleted_before = Some(last.next());
-                }
+            if let CurrentRevision::Revision(last) = state.check_expected(stream, expected)?
+                && let Some(entry) = state.streams.get_mut(stream)
+            {
+                entry.lifecycle = Lifecycle::SoftDeleted;
+                entry.deleted_before = Some(last.next());
             }
         }
         self.signal_change();

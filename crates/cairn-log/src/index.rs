@@ -1,0 +1,399 @@
+//! The index: everything derived from the log that reads and writes need at once.
+//!
+//! - streams: name → revisions → positions, lifecycle and retention;
+//! - event ids → positions, for idempotency;
+//! - per segment, where its batches lie (a boundary every [`BLOCK`] bytes), so that a read
+//!   can start at any position or walk backwards;
+//! - the durable end of the log and the last event's position.
+//!
+//! The writer thread is the only one that changes it, and only with what is already on
+//! stable storage ([`Index::apply`]); recovery rebuilds it by applying the same
+//! [`Effect`]s decoded from the log. It never holds anything the log does not.
+
+use std::collections::{BTreeMap, HashMap};
+use std::hash::{BuildHasherDefault, Hasher};
+
+use cairn_core::{
+    Position, Revision, StreamMetadata, StreamName, StreamState, Timestamp, Uuid, Visibility,
+};
+
+/// The granularity of the batch boundary index, in bytes.
+pub(crate) const BLOCK: u64 = 4096;
+
+/// A change to the index that a committed record makes.
+#[derive(Debug, Clone)]
+pub(crate) enum Effect {
+    Event {
+        stream: StreamName,
+        revision: Revision,
+        position: Position,
+        id: Uuid,
+    },
+    Metadata {
+        stream: StreamName,
+        metadata: StreamMetadata,
+    },
+    Delete {
+        stream: StreamName,
+        deleted_before: Revision,
+    },
+    Tombstone {
+        stream: StreamName,
+    },
+}
+
+/// A stream's lifecycle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) enum Lifecycle {
+    #[default]
+    Live,
+    SoftDeleted,
+    Tombstoned,
+}
+
+/// What the index knows about one stream.
+#[derive(Debug, Clone)]
+pub(crate) struct StreamEntry {
+    pub(crate) name: StreamName,
+    /// The position of each revision: revision `r` is `positions[r]`, hidden or not.
+    pub(crate) positions: Vec<u64>,
+    pub(crate) lifecycle: Lifecycle,
+    /// The first revision after the events of the latest soft delete.
+    pub(crate) deleted_before: Option<Revision>,
+    pub(crate) metadata: StreamMetadata,
+}
+
+impl StreamEntry {
+    fn new(name: StreamName) -> Self {
+        Self {
+            name,
+            positions: Vec::new(),
+            lifecycle: Lifecycle::Live,
+            deleted_before: None,
+            metadata: StreamMetadata::default(),
+        }
+    }
+
+    pub(crate) fn last_revision(&self) -> Option<Revision> {
+        self.positions
+            .len()
+            .checked_sub(1)
+            .map(|r| Revision(r as u64))
+    }
+
+    pub(crate) fn next_revision(&self) -> Revision {
+        Revision(self.positions.len() as u64)
+    }
+
+    pub(crate) fn state(&self) -> StreamState {
+        match (self.lifecycle, self.last_revision()) {
+            (Lifecycle::Tombstoned, _) => StreamState::Tombstoned,
+            (_, None) => StreamState::NoStream,
+            (Lifecycle::Live, Some(last_revision)) => StreamState::Active { last_revision },
+            (Lifecycle::SoftDeleted, Some(last_revision)) => StreamState::Deleted { last_revision },
+        }
+    }
+
+    /// Which events are visible at `now`; `None` when the stream is tombstoned.
+    pub(crate) fn visibility(&self, now: Timestamp) -> Option<Visibility> {
+        (self.lifecycle != Lifecycle::Tombstoned).then(|| {
+            Visibility::new(
+                &self.metadata,
+                self.deleted_before,
+                self.last_revision().unwrap_or_default(),
+                now,
+            )
+        })
+    }
+
+    /// Whether anything of this stream may be hidden.
+    fn is_restricted(&self) -> bool {
+        self.lifecycle != Lifecycle::Live
+            || self.deleted_before.is_some()
+            || self.metadata != StreamMetadata::default()
+    }
+}
+
+/// Where one segment's batches lie.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct SegmentMap {
+    /// The offset in the segment right after its last batch.
+    pub(crate) end: u64,
+    /// For each block, the offset of the batch that covers its first byte.
+    pub(crate) blocks: Vec<u32>,
+}
+
+impl SegmentMap {
+    pub(crate) fn new(data_start: u64) -> Self {
+        Self {
+            end: data_start,
+            blocks: Vec::new(),
+        }
+    }
+
+    /// Records a batch at `[start, end)` of the segment.
+    pub(crate) fn add_batch(&mut self, start: u64, end: u64) {
+        let start32 = u32::try_from(start).unwrap_or(u32::MAX);
+        while (self.blocks.len() as u64) * BLOCK < end {
+            self.blocks.push(start32);
+        }
+        self.end = end;
+    }
+
+    /// The start of a batch at or before `offset` from which a forward walk reaches it, or
+    /// `None` when `offset` lies past the segment's batches.
+    pub(crate) fn batch_before(&self, offset: u64) -> Option<u64> {
+        if offset >= self.end {
+            return None;
+        }
+        let block = usize::try_from(offset / BLOCK).ok()?;
+        self.blocks.get(block).map(|&start| u64::from(start))
+    }
+}
+
+/// A hasher for keys that are already well mixed (see [`id_key`]).
+#[derive(Default)]
+pub(crate) struct PremixedHasher(u64);
+
+impl Hasher for PremixedHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &byte in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(byte)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+
+    fn write_u64(&mut self, value: u64) {
+        self.0 = value;
+    }
+}
+
+type PremixedMap<V> = HashMap<u64, V, BuildHasherDefault<PremixedHasher>>;
+
+/// A 64-bit key for an event id, well mixed whatever the id's version.
+pub(crate) fn id_key(id: Uuid) -> u64 {
+    let (high, low) = id.as_u64_pair();
+    let mut key = high ^ low.rotate_left(29);
+    key ^= key >> 33;
+    key = key.wrapping_mul(0xFF51_AFD7_ED55_8CCD);
+    key ^= key >> 33;
+    key = key.wrapping_mul(0xC4CE_B9FE_1A85_EC53);
+    key ^ (key >> 33)
+}
+
+/// The derived state of the log.
+#[derive(Debug, Default)]
+pub(crate) struct Index {
+    names: HashMap<StreamName, u32>,
+    streams: Vec<StreamEntry>,
+    /// Event id key → position. Keys are 64 bits of a 128-bit id, so a hit is only a
+    /// candidate: the caller checks the id recorded there.
+    ids: PremixedMap<u64>,
+    /// Ids whose key was already taken by another id: id → position.
+    id_overflow: HashMap<Uuid, u64>,
+    /// How many streams may hide some of their events.
+    restricted: usize,
+    /// Segment base → where its batches lie.
+    pub(crate) segments: BTreeMap<u64, SegmentMap>,
+    /// The global offset right after the last durable batch.
+    pub(crate) end: u64,
+    /// The position of the last event.
+    pub(crate) head: Option<Position>,
+    /// The sequence number the next batch gets.
+    pub(crate) next_sequence: u64,
+}
+
+impl Index {
+    pub(crate) fn new() -> Self {
+        Self {
+            next_sequence: 1,
+            ..Self::default()
+        }
+    }
+
+    pub(crate) fn stream(&self, name: &str) -> Option<&StreamEntry> {
+        let id = *self.names.get(name)?;
+        self.streams.get(id as usize)
+    }
+
+    /// The stream's state (a stream never seen is [`StreamState::NoStream`]).
+    pub(crate) fn stream_state(&self, name: &str) -> StreamState {
+        self.stream(name)
+            .map_or(StreamState::NoStream, StreamEntry::state)
+    }
+
+    /// Whether no stream hides anything, so every event in the log is visible.
+    pub(crate) fn all_visible(&self) -> bool {
+        self.restricted == 0
+    }
+
+    /// The candidate position of event `id` (see [`Index::ids`]).
+    pub(crate) fn id_candidate(&self, id: Uuid) -> Option<u64> {
+        self.id_overflow
+            .get(&id)
+            .or_else(|| self.ids.get(&id_key(id)))
+            .copied()
+    }
+
+    /// Streams in name order after `after`, at most `limit`.
+    pub(crate) fn list(&self, after: Option<&str>, limit: usize) -> Vec<&StreamEntry> {
+        let mut entries: Vec<&StreamEntry> = self
+            .streams
+            .iter()
+            .filter(|e| after.is_none_or(|after| e.name.as_str() > after))
+            .collect();
+        entries.sort_unstable_by(|a, b| a.name.cmp(&b.name));
+        entries.truncate(limit);
+        entries
+    }
+
+    fn entry_mut(&mut self, name: &StreamName) -> &mut StreamEntry {
+        let streams = &mut self.streams;
+        let id = *self.names.entry(name.clone()).or_insert_with(|| {
+            streams.push(StreamEntry::new(name.clone()));
+            u32::try_from(streams.len() - 1).unwrap_or(u32::MAX)
+        });
+        streams
+            .get_mut(id as usize)
+            .expect("every name maps to an entry of the stream table")
+    }
+
+    /// Applies the effect of one committed record.
+    pub(crate) fn apply(&mut self, effect: &Effect) {
+        let name = match effect {
+            Effect::Event { stream, .. }
+            | Effect::Metadata { stream, .. }
+            | Effect::Delete { stream, .. }
+            | Effect::Tombstone { stream } => stream.clone(),
+        };
+        let entry = self.entry_mut(&name);
+        let was_restricted = entry.is_restricted();
+        let mut new_id = None;
+        match effect {
+            Effect::Event {
+                revision,
+                position,
+                id,
+                ..
+            } => {
+                debug_assert_eq!(*revision, entry.next_revision(), "revisions are gapless");
+                entry.positions.push(position.0);
+                if entry.lifecycle == Lifecycle::SoftDeleted {
+                    entry.lifecycle = Lifecycle::Live;
+                }
+                new_id = Some((*id, *position));
+            }
+            Effect::Metadata { metadata, .. } => entry.metadata = *metadata,
+            Effect::Delete { deleted_before, .. } => {
+                entry.lifecycle = Lifecycle::SoftDeleted;
+                entry.deleted_before = Some(*deleted_before);
+            }
+            Effect::Tombstone { .. } => entry.lifecycle = Lifecycle::Tombstoned,
+        }
+        let is_restricted = entry.is_restricted();
+        if is_restricted && !was_restricted {
+            self.restricted += 1;
+        } else if was_restricted && !is_restricted {
+            self.restricted -= 1;
+        }
+        if let Some((id, position)) = new_id {
+            // The log never holds an id twice, so a taken key means another id.
+            match self.ids.entry(id_key(id)) {
+                std::collections::hash_map::Entry::Occupied(_) => {
+                    self.id_overflow.insert(id, position.0);
+                }
+                std::collections::hash_map::Entry::Vacant(slot) => {
+                    slot.insert(position.0);
+                }
+            }
+            self.head = Some(position);
+        }
+    }
+
+    /// Records a durable batch at global `[start, end)` of the segment based at `base`.
+    pub(crate) fn add_batch(&mut self, base: u64, start: u64, end: u64, data_start: u64) {
+        self.segments
+            .entry(base)
+            .or_insert_with(|| SegmentMap::new(data_start))
+            .add_batch(start - base, end - base);
+        self.end = end;
+        self.next_sequence += 1;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
+
+    use super::*;
+
+    fn name(s: &str) -> StreamName {
+        StreamName::new(s).unwrap()
+    }
+
+    #[test]
+    fn events_build_revisions_and_ids() {
+        let mut index = Index::new();
+        let first = Uuid::now_v7();
+        let second = Uuid::now_v7();
+        index.apply(&Effect::Event {
+            stream: name("a"),
+            revision: Revision(0),
+            position: Position(100),
+            id: first,
+        });
+        index.apply(&Effect::Event {
+            stream: name("a"),
+            revision: Revision(1),
+            position: Position(200),
+            id: second,
+        });
+        let entry = index.stream("a").unwrap();
+        assert_eq!(entry.positions, vec![100, 200]);
+        assert_eq!(
+            entry.state(),
+            StreamState::Active {
+                last_revision: Revision(1)
+            }
+        );
+        assert_eq!(index.id_candidate(first), Some(100));
+        assert_eq!(index.id_candidate(second), Some(200));
+        assert_eq!(index.head, Some(Position(200)));
+        assert!(index.all_visible());
+    }
+
+    #[test]
+    fn lifecycle_changes_mark_streams_restricted() {
+        let mut index = Index::new();
+        index.apply(&Effect::Metadata {
+            stream: name("a"),
+            metadata: StreamMetadata::default().with_max_count(1),
+        });
+        assert!(!index.all_visible());
+        index.apply(&Effect::Metadata {
+            stream: name("a"),
+            metadata: StreamMetadata::default(),
+        });
+        assert!(index.all_visible());
+        index.apply(&Effect::Tombstone { stream: name("b") });
+        assert_eq!(index.stream_state("b"), StreamState::Tombstoned);
+        assert!(!index.all_visible());
+    }
+
+    #[test]
+    fn the_block_map_finds_the_batch_covering_any_offset() {
+        let mut map = SegmentMap::new(64);
+        map.add_batch(64, 5000);
+        map.add_batch(5000, 5100);
+        map.add_batch(5100, 20_000);
+        assert_eq!(map.batch_before(64), Some(64));
+        assert_eq!(map.batch_before(4095), Some(64));
+        assert_eq!(map.batch_before(4096), Some(64));
+        assert_eq!(map.batch_before(8192), Some(5100));
+        assert_eq!(map.batch_before(19_999), Some(5100));
+        assert_eq!(map.batch_before(20_000), None);
+    }
+}

@@ -1,0 +1,223 @@
+//! Reading the log: walking batches and records of a segment from a chunk cache, checking
+//! every record's checksum before it is decoded, and turning event records into
+//! [`RecordedEvent`]s.
+
+use std::io;
+use std::ops::ControlFlow;
+use std::path::PathBuf;
+
+use bytes::Bytes;
+use cairn_core::{Position, RecordedEvent, StorageError, StorageErrorKind, StreamName};
+
+use crate::format::{
+    BATCH_HEADER_LEN, EventView, FormatError, Record, checked_record_len, decode_batch_header,
+    decode_record,
+};
+use crate::segments::Segments;
+
+/// How much a sequential scan reads at once.
+pub(crate) const SCAN_CHUNK: usize = 256 * 1024;
+/// How much a read of one record reads at once.
+pub(crate) const POINT_CHUNK: usize = 4096;
+
+/// A failure to read the log.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ScanError {
+    #[error("cannot read {path} at offset {offset}: {source}")]
+    Io {
+        path: PathBuf,
+        offset: u64,
+        #[source]
+        source: io::Error,
+    },
+    #[error("corrupt data in {path} at offset {offset}: {reason}")]
+    Corrupt {
+        path: PathBuf,
+        offset: u64,
+        reason: FormatError,
+    },
+}
+
+impl From<ScanError> for StorageError {
+    fn from(error: ScanError) -> Self {
+        let message = error.to_string();
+        match error {
+            ScanError::Io { source, .. } => StorageError::io(message, source),
+            ScanError::Corrupt { .. } => StorageError::new(StorageErrorKind::Corruption, message),
+        }
+    }
+}
+
+/// Reads the log through a cache of one chunk.
+pub(crate) struct LogReader<'a> {
+    segments: &'a Segments,
+    chunk_start: u64,
+    chunk: Bytes,
+    materializer: Materializer,
+}
+
+impl<'a> LogReader<'a> {
+    pub(crate) fn new(segments: &'a Segments) -> Self {
+        Self {
+            segments,
+            chunk_start: 0,
+            chunk: Bytes::new(),
+            materializer: Materializer::default(),
+        }
+    }
+
+    fn corrupt(&self, offset: u64, reason: FormatError) -> ScanError {
+        let base = self.segments.base_of(offset);
+        ScanError::Corrupt {
+            path: self.segments.path(base),
+            offset: offset - base,
+            reason,
+        }
+    }
+
+    /// Makes global `[at, at + len)` available in the chunk, reading at most up to `limit`,
+    /// and returns where it starts in the chunk.
+    fn load(&mut self, at: u64, len: usize, limit: u64, chunk: usize) -> Result<usize, ScanError> {
+        let end = at + len as u64;
+        let chunk_end = self.chunk_start + self.chunk.len() as u64;
+        if at >= self.chunk_start && end <= chunk_end {
+            return Ok((at - self.chunk_start) as usize);
+        }
+        if end > limit {
+            return Err(self.corrupt(at, FormatError::Truncated));
+        }
+        let read_len = (len.max(chunk) as u64).min(limit - at) as usize;
+        let mut buf = vec![0u8; read_len];
+        self.segments
+            .read_exact_at(&mut buf, at)
+            .map_err(|source| {
+                let base = self.segments.base_of(at);
+                ScanError::Io {
+                    path: self.segments.path(base),
+                    offset: at - base,
+                    source,
+                }
+            })?;
+        self.chunk = Bytes::from(buf);
+        self.chunk_start = at;
+        Ok(0)
+    }
+
+    /// Walks the records of the segment holding `from_batch`, from the batch that starts
+    /// there up to global offset `until` (the end of what may be read in that segment),
+    /// calling `visit` with each record's position. Returns the offset right after the last
+    /// record visited.
+    pub(crate) fn walk(
+        &mut self,
+        from_batch: u64,
+        until: u64,
+        mut visit: impl FnMut(u64, Record<'_>, &Bytes) -> Result<ControlFlow<()>, ScanError>,
+    ) -> Result<u64, ScanError> {
+        let mut at = from_batch;
+        while at < until {
+            let start = self.load(at, BATCH_HEADER_LEN, until, SCAN_CHUNK)?;
+            let header = self
+                .chunk
+                .get(start..)
+                .ok_or(FormatError::Truncated)
+                .and_then(decode_batch_header)
+                .map_err(|reason| self.corrupt(at, reason))?;
+            let batch_end = at + u64::from(header.len);
+            if batch_end > until {
+                return Err(self.corrupt(at, FormatError::Length));
+            }
+            let mut record_at = at + BATCH_HEADER_LEN as u64;
+            while record_at < batch_end {
+                let len = self.record_len(record_at, batch_end, SCAN_CHUNK)?;
+                let start = (record_at - self.chunk_start) as usize;
+                let chunk = self.chunk.clone();
+                let record =
+                    decode_record(&chunk, start, len).map_err(|r| self.corrupt(record_at, r))?;
+                let flow = visit(record_at, record, &chunk)?;
+                record_at += len as u64;
+                if flow.is_break() {
+                    return Ok(record_at);
+                }
+            }
+            at = batch_end;
+        }
+        Ok(at)
+    }
+
+    /// Loads the record at `at`, checks it and returns its length.
+    fn record_len(&mut self, at: u64, limit: u64, chunk: usize) -> Result<usize, ScanError> {
+        let start = self.load(at, 8, limit, chunk)?;
+        let header = self.chunk.get(start..start + 8).unwrap_or_default();
+        let claimed = header
+            .get(4..8)
+            .and_then(|raw| raw.try_into().ok())
+            .map_or(0, u32::from_le_bytes) as usize;
+        let start = self.load(at, claimed.max(8), limit, chunk)?;
+        self.chunk
+            .get(start..)
+            .ok_or(FormatError::Truncated)
+            .and_then(checked_record_len)
+            .map_err(|reason| self.corrupt(at, reason))
+    }
+
+    /// Reads the event recorded at `position`, checking its checksum.
+    pub(crate) fn read_event(&mut self, position: u64) -> Result<RecordedEvent, ScanError> {
+        let limit = self.segments.base_of(position) + self.segments.size();
+        let len = self.record_len(position, limit, POINT_CHUNK)?;
+        let start = (position - self.chunk_start) as usize;
+        let chunk = self.chunk.clone();
+        match decode_record(&chunk, start, len).map_err(|r| self.corrupt(position, r))? {
+            Record::Event(view) => self
+                .materializer
+                .event(self.segments, position, &view, &chunk),
+            _ => Err(self.corrupt(position, FormatError::Kind(0))),
+        }
+    }
+}
+
+/// Turns decoded event records into [`RecordedEvent`]s, sharing the stream name of
+/// consecutive events of one stream.
+#[derive(Default)]
+pub(crate) struct Materializer {
+    last: Option<StreamName>,
+}
+
+impl Materializer {
+    /// The event recorded at `position`, decoded as `view`, its payload sharing `chunk`.
+    pub(crate) fn event(
+        &mut self,
+        segments: &Segments,
+        position: u64,
+        view: &EventView<'_>,
+        chunk: &Bytes,
+    ) -> Result<RecordedEvent, ScanError> {
+        let corrupt = |reason| {
+            let base = segments.base_of(position);
+            ScanError::Corrupt {
+                path: segments.path(base),
+                offset: position - base,
+                reason,
+            }
+        };
+        let stream = match &self.last {
+            Some(name) if name.as_str() == view.stream => name.clone(),
+            _ => {
+                let name = StreamName::new(view.stream).map_err(|_| corrupt(FormatError::Utf8))?;
+                self.last = Some(name.clone());
+                name
+            }
+        };
+        let metadata = view.metadata().map_err(corrupt)?;
+        Ok(RecordedEvent {
+            id: view.id,
+            stream,
+            revision: view.revision,
+            position: Position(position),
+            event_type: view.event_type.to_owned(),
+            content_type: view.content_type.to_owned(),
+            payload: view.payload_of(chunk),
+            metadata,
+            recorded: view.recorded,
+        })
+    }
+}

@@ -1,0 +1,176 @@
+//! Segment files: fixed-size, preallocated files that hold the log, named by the global
+//! offset of their first byte. A global offset (an event's position) maps to a segment and
+//! an offset inside it by division, so no table is needed to find a record.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+
+use crate::format::{SEGMENT_HEADER_LEN, encode_segment_header};
+use crate::storage::{OpenMode, Storage, StorageFile};
+
+/// How new segment files get their space.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Preallocation {
+    /// Write zeros over the whole file before use: later writes overwrite allocated blocks,
+    /// so each flush only carries data, never a change of the file's size or extents.
+    #[default]
+    Zeroed,
+    /// Only set the file's length (a sparse file): cheaper to create, dearer to flush.
+    Sparse,
+}
+
+const SUFFIX: &str = ".seg";
+const TEMP_SUFFIX: &str = ".seg.tmp";
+
+/// The segment files of one log.
+#[derive(Debug)]
+pub(crate) struct Segments {
+    storage: Arc<dyn Storage>,
+    dir: PathBuf,
+    size: u64,
+    preallocation: Preallocation,
+    /// Open segments by base. The writer inserts (when it creates one); readers look up.
+    files: RwLock<BTreeMap<u64, Arc<dyn StorageFile>>>,
+    /// Held while a segment file is created, so the writer and the preallocator never
+    /// build the same one twice.
+    creating: Mutex<()>,
+}
+
+impl Segments {
+    pub(crate) fn new(
+        storage: Arc<dyn Storage>,
+        dir: PathBuf,
+        size: u64,
+        preallocation: Preallocation,
+    ) -> Self {
+        Self {
+            storage,
+            dir,
+            size,
+            preallocation,
+            files: RwLock::new(BTreeMap::new()),
+            creating: Mutex::new(()),
+        }
+    }
+
+    pub(crate) fn size(&self) -> u64 {
+        self.size
+    }
+
+    pub(crate) fn storage(&self) -> &Arc<dyn Storage> {
+        &self.storage
+    }
+
+    pub(crate) fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The base of the segment holding global offset `offset`.
+    pub(crate) fn base_of(&self, offset: u64) -> u64 {
+        offset - offset % self.size
+    }
+
+    /// The global offset of the first batch in the segment based at `base`.
+    pub(crate) fn data_start(base: u64) -> u64 {
+        base + SEGMENT_HEADER_LEN
+    }
+
+    pub(crate) fn path(&self, base: u64) -> PathBuf {
+        self.dir.join(format!("{base:020}{SUFFIX}"))
+    }
+
+    /// The bases named by the segment files in the directory, in order, and the temporary
+    /// files a crash may have left behind.
+    pub(crate) fn list(&self) -> io::Result<(Vec<u64>, Vec<String>)> {
+        let mut bases = Vec::new();
+        let mut leftovers = Vec::new();
+        for name in self.storage.list_dir(&self.dir)? {
+            if name.ends_with(TEMP_SUFFIX) {
+                leftovers.push(name);
+            } else if let Some(stem) = name.strip_suffix(SUFFIX)
+                && let Ok(base) = stem.parse::<u64>()
+            {
+                bases.push(base);
+            }
+        }
+        bases.sort_unstable();
+        Ok((bases, leftovers))
+    }
+
+    /// Registers an existing segment file.
+    pub(crate) fn insert(&self, base: u64, file: Arc<dyn StorageFile>) {
+        self.files
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(base, file);
+    }
+
+    /// Forgets (and deletes) the segment based at `base`.
+    pub(crate) fn remove(&self, base: u64) -> io::Result<()> {
+        self.files
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&base);
+        self.storage.remove_file(&self.path(base))?;
+        self.storage.sync_dir(&self.dir)
+    }
+
+    /// The open segment based at `base`.
+    pub(crate) fn file(&self, base: u64) -> Option<Arc<dyn StorageFile>> {
+        self.files
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&base)
+            .cloned()
+    }
+
+    /// The segment based at `base`, created (preallocated, with its header, durable) if it
+    /// does not exist yet.
+    pub(crate) fn ensure(&self, base: u64) -> io::Result<Arc<dyn StorageFile>> {
+        if let Some(file) = self.file(base) {
+            return Ok(file);
+        }
+        let _creating = self.creating.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(file) = self.file(base) {
+            return Ok(file);
+        }
+        let temp = self.dir.join(format!("{base:020}{TEMP_SUFFIX}"));
+        let file = self.storage.open(&temp, OpenMode::CreateTruncate)?;
+        match self.preallocation {
+            Preallocation::Zeroed => {
+                let zeros = vec![0u8; 1 << 20];
+                let mut at = 0;
+                while at < self.size {
+                    let n = (self.size - at).min(zeros.len() as u64) as usize;
+                    file.write_all_at(zeros.get(..n).unwrap_or_default(), at)?;
+                    at += n as u64;
+                }
+            }
+            Preallocation::Sparse => file.set_len(self.size)?,
+        }
+        file.write_all_at(&encode_segment_header(base, self.size), 0)?;
+        file.sync_data()?;
+        let path = self.path(base);
+        self.storage.rename(&temp, &path)?;
+        self.storage.sync_dir(&self.dir)?;
+        // Reopen under the final name, so the handle names the file that stays.
+        let file = self.storage.open(&path, OpenMode::ReadWrite)?;
+        self.insert(base, Arc::clone(&file));
+        Ok(file)
+    }
+
+    /// Reads exactly `buf.len()` bytes at global offset `offset`, which must not cross the
+    /// end of its segment.
+    pub(crate) fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        let base = self.base_of(offset);
+        let file = self.file(base).ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("no segment holds offset {offset}"),
+            )
+        })?;
+        file.read_exact_at(buf, offset - base)
+    }
+}

@@ -1,0 +1,691 @@
+//! [`LogStore`]: opening a data directory, and the [`EventStore`] operations over the log,
+//! the index and the writer.
+
+use std::any::Any;
+use std::ops::ControlFlow;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError, RwLockReadGuard};
+use std::thread::JoinHandle;
+
+use async_trait::async_trait;
+use cairn_core::subscription::{CommitSignal, catch_up_all, catch_up_stream};
+use cairn_core::{
+    AllPage, AppendResult, Direction, EventStore, ExpectedRevision, MAX_LIST_STREAMS,
+    MAX_PAGE_BYTES, Position, ReadAll, ReadError, ReadStream, RecordedEvent, StorageError,
+    StorageErrorKind, StoreLimits, StreamAppend, StreamInfo, StreamMetadata, StreamName,
+    StreamPage, StreamState, SubscribeAll, SubscribeStream, Subscription, Timestamp, Visibility,
+    WriteError, page_limit, validate_appends,
+};
+use futures::future::BoxFuture;
+use tokio::sync::{oneshot, watch};
+
+use crate::format::{FORMAT_VERSION, Record};
+use crate::index::Index;
+use crate::options::{Durability, LogOptions, OpenError};
+use crate::recovery::recover;
+use crate::scan::{LogReader, Materializer, ScanError};
+use crate::segments::Segments;
+use crate::storage::{OpenMode, Storage};
+use crate::writer::{Command, LifecycleChange, Queue, Shared, spawn};
+
+/// The name of the file that records the data directory's format version.
+const FORMAT_FILE: &str = "FORMAT";
+
+/// The embedded durable event store: a log of segment files in one data directory.
+///
+/// Open it with [`LogStore::open`]; clones are cheap handles to the same store. The store
+/// owns its directory exclusively (a second opener gets [`OpenError::Locked`]). It is closed
+/// when the last handle (including subscriptions) is dropped, or explicitly with
+/// [`LogStore::close`].
+#[derive(Clone)]
+pub struct LogStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    shared: Arc<Shared>,
+    /// The writer thread; taken and joined on close.
+    writer: Mutex<Option<JoinHandle<()>>>,
+    dir: PathBuf,
+    durability: Durability,
+    /// Whether to delete the data directory when the store is dropped.
+    temporary: bool,
+    /// The data directory's lock, released when the store is dropped.
+    lock: Option<Box<dyn Any + Send + Sync>>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.shared.queue.close();
+        if let Some(writer) = self
+            .writer
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+        {
+            let _ = writer.join();
+        }
+        drop(self.lock.take());
+        if self.temporary {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+impl std::fmt::Debug for LogStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LogStore")
+            .field("dir", &self.inner.dir)
+            .field("durability", &self.inner.durability)
+            .finish_non_exhaustive()
+    }
+}
+
+impl LogStore {
+    /// Opens (creating if needed) the store in directory `dir`, recovering from a crash if
+    /// the last owner did not close it.
+    ///
+    /// # Errors
+    ///
+    /// - [`OpenError::Locked`] when another owner holds the directory;
+    /// - [`OpenError::Corrupt`] when the log holds damage that is not a torn tail (the
+    ///   error names the file and offset);
+    /// - [`OpenError::UnsupportedFormat`] for data of another format version;
+    /// - [`OpenError::InvalidOptions`], [`OpenError::Io`].
+    pub fn open(dir: impl AsRef<Path>, options: LogOptions) -> Result<Self, OpenError> {
+        Self::open_inner(dir.as_ref(), &options, false)
+    }
+
+    /// Opens a new store in a fresh directory under the system's temporary directory,
+    /// deleted when the last handle is dropped. Meant for tests.
+    ///
+    /// # Errors
+    ///
+    /// As [`LogStore::open`].
+    pub fn open_temporary(options: LogOptions) -> Result<Self, OpenError> {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        let dir = std::env::temp_dir().join(format!(
+            "cairn-log-{}-{}-{nanos}",
+            std::process::id(),
+            NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
+        Self::open_inner(&dir, &options, true)
+    }
+
+    fn open_inner(dir: &Path, options: &LogOptions, temporary: bool) -> Result<Self, OpenError> {
+        options.check()?;
+        let dir = dir.to_path_buf();
+        let storage = Arc::clone(&options.storage);
+        storage
+            .create_dir_all(&dir)
+            .map_err(|e| OpenError::io(&dir, e))?;
+        let lock = storage.lock_dir(&dir).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::WouldBlock {
+                OpenError::Locked { dir: dir.clone() }
+            } else {
+                OpenError::io(&dir, e)
+            }
+        })?;
+        let log_dir = dir.join("log");
+        check_format(storage.as_ref(), &dir, &log_dir)?;
+        let segments = Segments::new(
+            Arc::clone(&storage),
+            log_dir,
+            options.segment_size,
+            options.preallocation,
+        );
+        let recovered = recover(&segments)?;
+        let (changes, _) = watch::channel(0);
+        let shared = Arc::new(Shared {
+            index: std::sync::RwLock::new(recovered.index),
+            segments,
+            changes,
+            queue: Queue::default(),
+            limits: options.limits,
+        });
+        let writer = spawn(Arc::clone(&shared), options.durability, recovered.start)
+            .map_err(|e| OpenError::io(&dir, e))?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                shared,
+                writer: Mutex::new(Some(writer)),
+                dir,
+                durability: options.durability,
+                temporary,
+                lock: Some(lock),
+            }),
+        })
+    }
+
+    /// The data directory.
+    pub fn dir(&self) -> &Path {
+        &self.inner.dir
+    }
+
+    /// The durability mode appends are acknowledged under.
+    pub fn durability(&self) -> Durability {
+        self.inner.durability
+    }
+
+    /// Flushes everything appended so far to stable storage (a no-op in the default
+    /// durability mode, where every acknowledged append already is).
+    ///
+    /// # Errors
+    ///
+    /// [`WriteError::Storage`] when the flush failed or the store is closed.
+    pub async fn flush(&self) -> Result<(), WriteError> {
+        let (reply, answer) = oneshot::channel();
+        self.submit(Command::Flush { reply })?;
+        answer.await.map_err(|_| closed())?
+    }
+
+    /// Flushes, then stops the writer: every handle's later writes fail; reads keep working.
+    /// The data directory is released when the last handle is dropped.
+    ///
+    /// # Errors
+    ///
+    /// [`WriteError::Storage`] when the final flush failed.
+    pub async fn close(&self) -> Result<(), WriteError> {
+        let flushed = self.flush().await;
+        self.inner.shared.queue.close();
+        let writer = self
+            .inner
+            .writer
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(writer) = writer {
+            let _ = tokio::task::spawn_blocking(move || writer.join()).await;
+        }
+        match flushed {
+            Err(WriteError::Storage(error)) if error.kind() == StorageErrorKind::Stopped => Ok(()),
+            other => other,
+        }
+    }
+
+    fn shared(&self) -> &Shared {
+        &self.inner.shared
+    }
+
+    fn index(&self) -> RwLockReadGuard<'_, Index> {
+        self.shared()
+            .index
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn submit(&self, command: Command) -> Result<(), WriteError> {
+        self.shared().queue.push(command).map_err(|_| closed())
+    }
+
+    async fn lifecycle(
+        &self,
+        stream: &StreamName,
+        change: LifecycleChange,
+    ) -> Result<(), WriteError> {
+        let (reply, answer) = oneshot::channel();
+        self.submit(Command::Lifecycle {
+            stream: stream.clone(),
+            change,
+            reply,
+        })?;
+        answer.await.map_err(|_| closed())?
+    }
+}
+
+fn closed() -> WriteError {
+    WriteError::Storage(StorageError::new(
+        StorageErrorKind::Stopped,
+        "the store is closed",
+    ))
+}
+
+/// Checks (or, for a new directory, writes) the format version file.
+fn check_format(storage: &dyn Storage, dir: &Path, log_dir: &Path) -> Result<(), OpenError> {
+    let path = dir.join(FORMAT_FILE);
+    let expected = format!("cairn-log {FORMAT_VERSION}\n");
+    match storage.open(&path, OpenMode::Read) {
+        Ok(file) => {
+            let len = file.len().map_err(|e| OpenError::io(&path, e))?;
+            let mut content = vec![0u8; len.min(64) as usize];
+            file.read_exact_at(&mut content, 0)
+                .map_err(|e| OpenError::io(&path, e))?;
+            if content != expected.as_bytes() {
+                return Err(OpenError::UnsupportedFormat {
+                    file: path,
+                    found: String::from_utf8_lossy(&content).trim().to_owned(),
+                    supported: FORMAT_VERSION,
+                });
+            }
+            storage
+                .create_dir_all(log_dir)
+                .map_err(|e| OpenError::io(log_dir, e))
+        }
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            storage
+                .create_dir_all(log_dir)
+                .map_err(|e| OpenError::io(log_dir, e))?;
+            let existing = storage
+                .list_dir(log_dir)
+                .map_err(|e| OpenError::io(log_dir, e))?;
+            if !existing.is_empty() {
+                return Err(OpenError::UnsupportedFormat {
+                    file: path,
+                    found: "missing".to_owned(),
+                    supported: FORMAT_VERSION,
+                });
+            }
+            let file = storage
+                .open(&path, OpenMode::CreateTruncate)
+                .map_err(|e| OpenError::io(&path, e))?;
+            file.write_all_at(expected.as_bytes(), 0)
+                .and_then(|()| file.sync_data())
+                .and_then(|()| storage.sync_dir(dir))
+                .map_err(|e| OpenError::io(&path, e))
+        }
+        Err(error) => Err(OpenError::io(&path, error)),
+    }
+}
+
+fn read_error(error: ScanError) -> ReadError {
+    ReadError::Storage(error.into())
+}
+
+/// Drops the events of `events` that their streams hide, by the index as it is now.
+fn retain_visible(index: &Index, events: &mut Vec<RecordedEvent>, now: Timestamp) {
+    if index.all_visible() {
+        return;
+    }
+    let mut last: Option<(StreamName, Option<Visibility>)> = None;
+    events.retain(|event| {
+        let visibility = match &last {
+            Some((name, visibility)) if *name == event.stream => *visibility,
+            _ => {
+                let visibility = index
+                    .stream(event.stream.as_str())
+                    .map_or(Some(Visibility::everything()), |e| e.visibility(now));
+                last = Some((event.stream.clone(), visibility));
+                visibility
+            }
+        };
+        visibility.is_some_and(|v| v.shows(event.revision, event.recorded))
+    });
+}
+
+/// A segment to read: where to start, and where its batches end (global).
+struct Span {
+    start: u64,
+    end: u64,
+}
+
+impl LogStore {
+    /// The segments to walk forwards from global offset `from`, each from the batch that
+    /// covers its starting point.
+    fn spans_from(&self, index: &Index, from: u64) -> Vec<Span> {
+        let first_base = self.shared().segments.base_of(from);
+        let mut spans = Vec::new();
+        for (&base, map) in index.segments.range(first_base..) {
+            let start = if base == first_base {
+                let offset = from.saturating_sub(base);
+                match map.batch_before(offset) {
+                    Some(start) => base + start.max(Segments::data_start(0)),
+                    None => continue,
+                }
+            } else {
+                Segments::data_start(base)
+            };
+            spans.push(Span {
+                start,
+                end: base + map.end,
+            });
+        }
+        spans
+    }
+
+    fn read_all_forwards(&self, request: &ReadAll, limit: usize) -> Result<AllPage, ReadError> {
+        let from = request.from.unwrap_or(Position::START).0;
+        let segments = &self.shared().segments;
+        let mut reader = LogReader::new(segments);
+        let mut materializer = Materializer::default();
+        let mut events: Vec<RecordedEvent> = Vec::new();
+        let mut cursor = from;
+        loop {
+            let (spans, end) = {
+                let index = self.index();
+                (self.spans_from(&index, cursor), index.end)
+            };
+            let wanted = limit - events.len();
+            let mut bytes: usize = events.iter().map(|e| e.payload.len()).sum();
+            let mut found = Vec::new();
+            let mut full = false;
+            let mut next = cursor.max(end);
+            for span in spans {
+                let stopped = reader
+                    .walk(span.start, span.end, |position, record, chunk| {
+                        let Record::Event(view) = record else {
+                            return Ok(ControlFlow::Continue(()));
+                        };
+                        if position < cursor
+                            || !request.filter.matches(view.stream, view.event_type)
+                        {
+                            return Ok(ControlFlow::Continue(()));
+                        }
+                        let event = materializer.event(segments, position, &view, chunk)?;
+                        bytes += event.payload.len();
+                        found.push(event);
+                        if found.len() >= wanted || bytes >= MAX_PAGE_BYTES {
+                            return Ok(ControlFlow::Break(()));
+                        }
+                        Ok(ControlFlow::Continue(()))
+                    })
+                    .map_err(read_error)?;
+                if found.len() >= wanted || bytes >= MAX_PAGE_BYTES {
+                    full = true;
+                    next = stopped;
+                    break;
+                }
+            }
+            if !found.is_empty() {
+                retain_visible(&self.index(), &mut found, Timestamp::now());
+            }
+            events.append(&mut found);
+            cursor = next;
+            let bytes: usize = events.iter().map(|e| e.payload.len()).sum();
+            if !full || events.len() >= limit || bytes >= MAX_PAGE_BYTES {
+                return Ok(AllPage {
+                    events,
+                    next: Some(Position(next.max(from))),
+                    end: !full,
+                });
+            }
+            // Some events of a full page turned out hidden: read on to fill it.
+        }
+    }
+
+    fn read_all_backwards(&self, request: &ReadAll, limit: usize) -> Result<AllPage, ReadError> {
+        let segments = &self.shared().segments;
+        let mut reader = LogReader::new(segments);
+        let mut materializer = Materializer::default();
+        let mut upper = {
+            let index = self.index();
+            request
+                .from
+                .map_or(index.end, |p| p.0.saturating_add(1))
+                .min(index.end)
+        };
+        let mut events = Vec::new();
+        let mut bytes = 0usize;
+        loop {
+            let Some((start, until)) = window_below(&self.index(), upper) else {
+                return Ok(AllPage {
+                    events,
+                    next: None,
+                    end: true,
+                });
+            };
+            let mut found = Vec::new();
+            reader
+                .walk(start, until, |position, record, chunk| {
+                    if let Record::Event(view) = record
+                        && request.filter.matches(view.stream, view.event_type)
+                    {
+                        found.push(materializer.event(segments, position, &view, chunk)?);
+                    }
+                    Ok(ControlFlow::Continue(()))
+                })
+                .map_err(read_error)?;
+            retain_visible(&self.index(), &mut found, Timestamp::now());
+            for event in found.into_iter().rev() {
+                let position = event.position.0;
+                bytes += event.payload.len();
+                events.push(event);
+                if events.len() >= limit || bytes >= MAX_PAGE_BYTES {
+                    let next = position.checked_sub(1).map(Position);
+                    return Ok(AllPage {
+                        end: next.is_none(),
+                        events,
+                        next,
+                    });
+                }
+            }
+            upper = start;
+        }
+    }
+}
+
+/// The bytes to read for a backwards walk below global offset `upper`: from the batch that
+/// covers the last byte below it, up to it (or up to the end of the segment's batches).
+fn window_below(index: &Index, upper: u64) -> Option<(u64, u64)> {
+    for (&base, map) in index.segments.range(..upper).rev() {
+        let until = upper.min(base + map.end);
+        if until <= Segments::data_start(base) {
+            continue;
+        }
+        let start = map.batch_before(until - 1 - base)?;
+        return Some((base + start, until));
+    }
+    None
+}
+
+#[async_trait]
+impl EventStore for LogStore {
+    async fn append_multi(
+        &self,
+        appends: Vec<StreamAppend>,
+    ) -> Result<Vec<AppendResult>, WriteError> {
+        validate_appends(&appends, self.shared().limits)?;
+        let (reply, answer) = oneshot::channel();
+        self.submit(Command::Append { appends, reply })?;
+        answer.await.map_err(|_| closed())?
+    }
+
+    async fn read_stream(
+        &self,
+        stream: &StreamName,
+        request: ReadStream,
+    ) -> Result<StreamPage, ReadError> {
+        let limit = page_limit(request.limit);
+        let forwards = request.direction == Direction::Forwards;
+        let now = Timestamp::now();
+        let mut reader = LogReader::new(&self.shared().segments);
+        let mut events: Vec<RecordedEvent> = Vec::new();
+        let mut bytes = 0usize;
+        let mut visibility = None;
+        // The next revision to consider, in the read's direction.
+        let mut cursor: Option<u64> = request.from.map(|r| r.0);
+        loop {
+            // Copy the positions of the next few candidates, so that no I/O happens under
+            // the index lock.
+            let candidates: Vec<(u64, u64)> = {
+                let index = self.index();
+                let Some(entry) = index.stream(stream.as_str()) else {
+                    return Ok(StreamPage::default());
+                };
+                let Some(shown) = entry.visibility(now) else {
+                    return Err(ReadError::StreamDeleted {
+                        stream: stream.clone(),
+                    });
+                };
+                let shown = *visibility.get_or_insert(shown);
+                let first = shown.first_visible().0;
+                let count = entry.positions.len() as u64;
+                let want = (limit - events.len()) as u64 + 1;
+                let revisions: Vec<u64> = if forwards {
+                    let start = cursor.unwrap_or(0).max(first);
+                    (start..count.min(start.saturating_add(want))).collect()
+                } else {
+                    match count.checked_sub(1) {
+                        Some(last) => {
+                            let start = cursor.unwrap_or(last).min(last);
+                            if start < first {
+                                Vec::new()
+                            } else {
+                                (first.max(start.saturating_sub(want - 1))..=start)
+                                    .rev()
+                                    .collect()
+                            }
+                        }
+                        None => Vec::new(),
+                    }
+                };
+                revisions
+                    .into_iter()
+                    .filter_map(|r| {
+                        let at = usize::try_from(r).ok()?;
+                        entry.positions.get(at).map(|&p| (r, p))
+                    })
+                    .collect()
+            };
+            let Some(&(last_candidate, _)) = candidates.last() else {
+                return Ok(StreamPage { events, next: None });
+            };
+            let shown = visibility.unwrap_or_else(Visibility::everything);
+            for (revision, position) in candidates {
+                let event = reader.read_event(position).map_err(read_error)?;
+                if event.revision.0 != revision || event.stream != *stream {
+                    return Err(ReadError::Storage(StorageError::new(
+                        StorageErrorKind::Corruption,
+                        format!(
+                            "the index places revision {revision} of {stream} at position \
+                             {position}, which holds revision {} of {}",
+                            event.revision, event.stream
+                        ),
+                    )));
+                }
+                if !shown.shows(event.revision, event.recorded) {
+                    continue;
+                }
+                if events.len() >= limit || bytes >= MAX_PAGE_BYTES {
+                    return Ok(StreamPage {
+                        events,
+                        next: Some(event.revision),
+                    });
+                }
+                bytes += event.payload.len();
+                events.push(event);
+            }
+            cursor = if forwards {
+                Some(last_candidate + 1)
+            } else {
+                match last_candidate.checked_sub(1) {
+                    Some(previous) => Some(previous),
+                    None => return Ok(StreamPage { events, next: None }),
+                }
+            };
+        }
+    }
+
+    async fn read_all(&self, request: ReadAll) -> Result<AllPage, ReadError> {
+        let limit = page_limit(request.limit);
+        match request.direction {
+            Direction::Forwards => self.read_all_forwards(&request, limit),
+            Direction::Backwards => self.read_all_backwards(&request, limit),
+        }
+    }
+
+    fn subscribe_all(&self, request: SubscribeAll) -> Subscription {
+        catch_up_all(
+            self.clone(),
+            request,
+            WatchSignal(self.shared().changes.subscribe()),
+        )
+    }
+
+    fn subscribe_stream(&self, stream: StreamName, request: SubscribeStream) -> Subscription {
+        catch_up_stream(
+            self.clone(),
+            stream,
+            request,
+            WatchSignal(self.shared().changes.subscribe()),
+        )
+    }
+
+    async fn stream_info(&self, stream: &StreamName) -> Result<StreamInfo, ReadError> {
+        let index = self.index();
+        let (state, metadata) = index
+            .stream(stream.as_str())
+            .map_or((StreamState::NoStream, StreamMetadata::default()), |e| {
+                (e.state(), e.metadata)
+            });
+        Ok(StreamInfo {
+            stream: stream.clone(),
+            state,
+            metadata,
+        })
+    }
+
+    async fn list_streams(
+        &self,
+        after: Option<StreamName>,
+        limit: usize,
+    ) -> Result<Vec<StreamInfo>, ReadError> {
+        let index = self.index();
+        Ok(index
+            .list(
+                after.as_ref().map(StreamName::as_str),
+                limit.clamp(1, MAX_LIST_STREAMS),
+            )
+            .into_iter()
+            .map(|entry| StreamInfo {
+                stream: entry.name.clone(),
+                state: entry.state(),
+                metadata: entry.metadata,
+            })
+            .collect())
+    }
+
+    async fn set_stream_metadata(
+        &self,
+        stream: &StreamName,
+        metadata: StreamMetadata,
+    ) -> Result<(), WriteError> {
+        self.lifecycle(stream, LifecycleChange::Metadata(metadata))
+            .await
+    }
+
+    async fn delete_stream(
+        &self,
+        stream: &StreamName,
+        expected: ExpectedRevision,
+    ) -> Result<(), WriteError> {
+        self.lifecycle(stream, LifecycleChange::Delete(expected))
+            .await
+    }
+
+    async fn tombstone_stream(
+        &self,
+        stream: &StreamName,
+        expected: ExpectedRevision,
+    ) -> Result<(), WriteError> {
+        self.lifecycle(stream, LifecycleChange::Tombstone(expected))
+            .await
+    }
+
+    async fn head_position(&self) -> Result<Option<Position>, ReadError> {
+        Ok(self.index().head)
+    }
+
+    fn limits(&self) -> StoreLimits {
+        self.shared().limits
+    }
+}
+
+/// Wakes a subscription when the writer applies a batch.
+struct WatchSignal(watch::Receiver<u64>);
+
+impl CommitSignal for WatchSignal {
+    fn mark_seen(&mut self) {
+        self.0.borrow_and_update();
+    }
+
+    fn changed(&mut self) -> BoxFuture<'_, Result<(), StorageError>> {
+        Box::pin(async move {
+            self.0.changed().await.map_err(|_| {
+                StorageError::new(StorageErrorKind::Stopped, "the log store was dropped")
+            })
+        })
+    }
+}
