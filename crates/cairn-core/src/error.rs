@@ -226,7 +226,7 @@ pub enum SubscriptionError {
     },
     /// The subscriber asked to be dropped rather than caught up when it falls behind
     /// ([`OnFallingBehind::End`](crate::OnFallingBehind::End)), and it fell behind.
-    #[error("subscriber fell behind the live log by more than its buffer of {buffer} events")]
+    #[error("subscriber fell a full buffer of {buffer} events or more behind the live log")]
     FellBehind {
         /// The subscription's buffer size, in events.
         buffer: usize,

@@ -65,7 +65,8 @@ pub enum ExpectedRevision {
     Any,
     /// The stream must not exist (never written, or soft-deleted).
     NoStream,
-    /// The stream must exist and hold at least one visible revision.
+    /// The stream must exist: written at least once and not deleted since (events hidden
+    /// by retention still count).
     StreamExists,
     /// The stream's last revision must be exactly this one.
     Exact(u64),

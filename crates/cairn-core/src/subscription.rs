@@ -5,8 +5,9 @@
 //! in memory: it pulls pages from the store at the subscriber's pace and, when it has
 //! reached the end, waits for a commit signal. Catch-up and live are the same reads, so
 //! the hand-over can neither skip nor repeat an event. A subscriber that was live and then
-//! found more than a page waiting is told [`SubscriptionMessage::FellBehind`] and catches up
-//! from storage (or ends with [`SubscriptionError::FellBehind`], if it asked to).
+//! found a full page (a buffer's worth or more) waiting is told
+//! [`SubscriptionMessage::FellBehind`] and catches up from storage (or ends with
+//! [`SubscriptionError::FellBehind`], if it asked to).
 //!
 //! Backends build their subscriptions with [`catch_up_all`] and [`catch_up_stream`],
 //! giving them a [`CommitSignal`]; this module depends on no runtime.
@@ -174,8 +175,8 @@ pub enum SubscriptionMessage {
     Event(RecordedEvent),
     /// Every event committed so far was delivered; what follows is live.
     CaughtUp,
-    /// The subscriber was live and fell more than its buffer behind; it now catches up
-    /// from storage and will say [`CaughtUp`](Self::CaughtUp) again.
+    /// The subscriber was live and then found a full buffer or more waiting; it now catches
+    /// up from storage and will say [`CaughtUp`](Self::CaughtUp) again.
     FellBehind,
 }
 
