@@ -171,7 +171,8 @@ impl Hasher for PremixedHasher {
     }
 }
 
-type PremixedMap<V> = HashMap<u64, V, BuildHasherDefault<PremixedHasher>>;
+/// A map keyed by premixed 64-bit keys.
+pub(crate) type PremixedMap<V> = HashMap<u64, V, BuildHasherDefault<PremixedHasher>>;
 
 /// A 64-bit key for an event id, well mixed whatever the id's version.
 pub(crate) fn id_key(id: Uuid) -> u64 {
@@ -196,6 +197,9 @@ pub(crate) struct Index {
     id_overflow: HashMap<Uuid, u64>,
     /// How many streams may hide some of their events.
     restricted: usize,
+    /// The stream the last effect touched, to skip the name lookup for runs of events of
+    /// one stream.
+    last_touched: Option<(StreamName, u32)>,
     /// Segment base → where its batches lie.
     pub(crate) segments: BTreeMap<u64, SegmentMap>,
     /// The global offset right after the last durable batch.
@@ -232,10 +236,12 @@ impl Index {
 
     /// The candidate position of event `id` (see [`Index::ids`]).
     pub(crate) fn id_candidate(&self, id: Uuid) -> Option<u64> {
-        self.id_overflow
-            .get(&id)
-            .or_else(|| self.ids.get(&id_key(id)))
-            .copied()
+        if !self.id_overflow.is_empty()
+            && let Some(&position) = self.id_overflow.get(&id)
+        {
+            return Some(position);
+        }
+        self.ids.get(&id_key(id)).copied()
     }
 
     /// Streams in name order after `after`, at most `limit`.
@@ -252,10 +258,22 @@ impl Index {
 
     fn entry_mut(&mut self, name: &StreamName) -> &mut StreamEntry {
         let streams = &mut self.streams;
-        let id = *self.names.entry(name.clone()).or_insert_with(|| {
-            streams.push(StreamEntry::new(name.clone()));
-            u32::try_from(streams.len() - 1).unwrap_or(u32::MAX)
-        });
+        let id = match &self.last_touched {
+            Some((last, id)) if last == name => *id,
+            _ => {
+                let id = match self.names.get(name.as_str()) {
+                    Some(&id) => id,
+                    None => {
+                        streams.push(StreamEntry::new(name.clone()));
+                        let id = u32::try_from(streams.len() - 1).unwrap_or(u32::MAX);
+                        self.names.insert(name.clone(), id);
+                        id
+                    }
+                };
+                self.last_touched = Some((name.clone(), id));
+                id
+            }
+        };
         streams
             .get_mut(id as usize)
             .expect("every name maps to an entry of the stream table")

@@ -102,7 +102,7 @@ impl Default for LogOptions {
         Self {
             durability: Durability::Always,
             segment_size: DEFAULT_SEGMENT_SIZE,
-            preallocation: Preallocation::Zeroed,
+            preallocation: Preallocation::Sparse,
             limits: StoreLimits::default(),
             storage: OsStorage::shared(),
         }

@@ -160,9 +160,15 @@ impl<'a> LogReader<'a> {
             .map_err(|reason| self.corrupt(at, reason))
     }
 
-    /// Reads the event recorded at `position`, checking its checksum.
-    pub(crate) fn read_event(&mut self, position: u64) -> Result<RecordedEvent, ScanError> {
-        let limit = self.segments.base_of(position) + self.segments.size();
+    /// Reads the event recorded at `position`, checking its checksum. `readable_end` is
+    /// the end of the log as the caller's index snapshot knows it: nothing past it is read,
+    /// so the chunk cache never holds bytes that were not yet written when it was filled.
+    pub(crate) fn read_event(
+        &mut self,
+        position: u64,
+        readable_end: u64,
+    ) -> Result<RecordedEvent, ScanError> {
+        let limit = (self.segments.base_of(position) + self.segments.size()).min(readable_end);
         let len = self.record_len(position, limit, POINT_CHUNK)?;
         let start = (position - self.chunk_start) as usize;
         let chunk = self.chunk.clone();

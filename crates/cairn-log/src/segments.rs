@@ -10,19 +10,30 @@ use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use crate::format::{SEGMENT_HEADER_LEN, encode_segment_header};
 use crate::storage::{OpenMode, Storage, StorageFile};
 
-/// How new segment files get their space.
+/// How segment files get their space ahead of the writer.
+///
+/// Every segment has its full length from the start, so a flush never has to record a new
+/// file size. Measured on ext4 here, overwriting zeros and writing into a sparse file flush
+/// at about the same rate for small appends, and zero-filling costs as much disk bandwidth
+/// and kernel time as the data itself, so sparse is the default.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Preallocation {
-    /// Write zeros over the whole file before use: later writes overwrite allocated blocks,
-    /// so each flush only carries data, never a change of the file's size or extents.
+    /// Segments are sparse files: their length is set, nothing is written.
     #[default]
-    Zeroed,
-    /// Only set the file's length (a sparse file): cheaper to create, dearer to flush.
     Sparse,
+    /// A background thread writes zeros over the next segment, in small flushed steps,
+    /// before the writer needs it, so later writes overwrite allocated blocks. When the
+    /// writer gets there first, it creates the segment sparse.
+    Zeroed,
 }
 
 const SUFFIX: &str = ".seg";
+/// A segment being created sparse by the writer.
 const TEMP_SUFFIX: &str = ".seg.tmp";
+/// A segment being zero-filled ahead of time.
+const ZEROING_SUFFIX: &str = ".seg.zeroing";
+/// How much the zero-filler writes (and flushes) at a time.
+const ZERO_STEP: usize = 1 << 20;
 
 /// The segment files of one log.
 #[derive(Debug)]
@@ -33,8 +44,8 @@ pub(crate) struct Segments {
     preallocation: Preallocation,
     /// Open segments by base. The writer inserts (when it creates one); readers look up.
     files: RwLock<BTreeMap<u64, Arc<dyn StorageFile>>>,
-    /// Held while a segment file is created, so the writer and the preallocator never
-    /// build the same one twice.
+    /// Held while a segment file is renamed into place, so the writer and the
+    /// preallocator never install the same one twice.
     creating: Mutex<()>,
 }
 
@@ -87,7 +98,7 @@ impl Segments {
         let mut bases = Vec::new();
         let mut leftovers = Vec::new();
         for name in self.storage.list_dir(&self.dir)? {
-            if name.ends_with(TEMP_SUFFIX) {
+            if name.ends_with(TEMP_SUFFIX) || name.ends_with(ZEROING_SUFFIX) {
                 leftovers.push(name);
             } else if let Some(stem) = name.strip_suffix(SUFFIX)
                 && let Ok(base) = stem.parse::<u64>()
@@ -126,34 +137,66 @@ impl Segments {
             .cloned()
     }
 
-    /// The segment based at `base`, created (preallocated, with its header, durable) if it
-    /// does not exist yet.
+    /// The segment based at `base`; created at once (sparse, with its header, durable) if it
+    /// does not exist yet. The writer calls this: it never waits for zeros.
     pub(crate) fn ensure(&self, base: u64) -> io::Result<Arc<dyn StorageFile>> {
-        if let Some(file) = self.file(base) {
-            return Ok(file);
-        }
-        let _creating = self.creating.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(file) = self.file(base) {
             return Ok(file);
         }
         let temp = self.dir.join(format!("{base:020}{TEMP_SUFFIX}"));
         let file = self.storage.open(&temp, OpenMode::CreateTruncate)?;
+        file.set_len(self.size)?;
+        self.install(base, &temp, file)
+    }
+
+    /// Creates the segment based at `base` ahead of need, as [`Preallocation`] says: zeros
+    /// are written in small flushed steps, so that the dirty data never delays the
+    /// writer's flushes for long. Gives up quietly if the writer creates it first.
+    pub(crate) fn prepare(&self, base: u64) -> io::Result<()> {
+        if self.file(base).is_some() {
+            return Ok(());
+        }
+        let temp = self.dir.join(format!("{base:020}{ZEROING_SUFFIX}"));
+        let file = self.storage.open(&temp, OpenMode::CreateTruncate)?;
         match self.preallocation {
             Preallocation::Zeroed => {
-                let zeros = vec![0u8; 1 << 20];
+                let zeros = vec![0u8; ZERO_STEP];
                 let mut at = 0;
                 while at < self.size {
-                    let n = (self.size - at).min(zeros.len() as u64) as usize;
+                    if self.file(base).is_some() {
+                        return self.storage.remove_file(&temp);
+                    }
+                    let n = (self.size - at).min(ZERO_STEP as u64) as usize;
                     file.write_all_at(zeros.get(..n).unwrap_or_default(), at)?;
+                    file.sync_data()?;
                     at += n as u64;
                 }
             }
             Preallocation::Sparse => file.set_len(self.size)?,
         }
+        if self.file(base).is_some() {
+            return self.storage.remove_file(&temp);
+        }
+        self.install(base, &temp, file).map(drop)
+    }
+
+    /// Writes the header of a fully sized file at `temp`, makes it durable and renames it
+    /// into place as the segment based at `base` (unless that exists by now).
+    fn install(
+        &self,
+        base: u64,
+        temp: &Path,
+        file: Arc<dyn StorageFile>,
+    ) -> io::Result<Arc<dyn StorageFile>> {
         file.write_all_at(&encode_segment_header(base, self.size), 0)?;
         file.sync_data()?;
+        let _creating = self.creating.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(existing) = self.file(base) {
+            self.storage.remove_file(temp)?;
+            return Ok(existing);
+        }
         let path = self.path(base);
-        self.storage.rename(&temp, &path)?;
+        self.storage.rename(temp, &path)?;
         self.storage.sync_dir(&self.dir)?;
         // Reopen under the final name, so the handle names the file that stays.
         let file = self.storage.open(&path, OpenMode::ReadWrite)?;

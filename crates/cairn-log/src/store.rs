@@ -419,7 +419,7 @@ impl LogStore {
         let mut events = Vec::new();
         let mut bytes = 0usize;
         loop {
-            let Some((start, until)) = window_below(&self.index(), upper) else {
+            let Some((start, written_end)) = window_below(&self.index(), upper) else {
                 return Ok(AllPage {
                     events,
                     next: None,
@@ -428,7 +428,10 @@ impl LogStore {
             };
             let mut found = Vec::new();
             reader
-                .walk(start, until, |position, record, chunk| {
+                .walk(start, written_end, |position, record, chunk| {
+                    if position >= upper {
+                        return Ok(ControlFlow::Break(()));
+                    }
                     if let Record::Event(view) = record
                         && request.filter.matches(view.stream, view.event_type)
                     {
@@ -456,16 +459,18 @@ impl LogStore {
     }
 }
 
-/// The bytes to read for a backwards walk below global offset `upper`: from the batch that
-/// covers the last byte below it, up to it (or up to the end of the segment's batches).
+/// Where a backwards walk below global offset `upper` starts: the batch that covers the last
+/// byte below it; and the end of that segment's batches, which bounds the walk (the
+/// walk stops by itself at `upper`).
 fn window_below(index: &Index, upper: u64) -> Option<(u64, u64)> {
     for (&base, map) in index.segments.range(..upper).rev() {
-        let until = upper.min(base + map.end);
+        let written_end = base + map.end;
+        let until = upper.min(written_end);
         if until <= Segments::data_start(base) {
             continue;
         }
         let start = map.batch_before(until - 1 - base)?;
-        return Some((base + start, until));
+        return Some((base + start, written_end));
     }
     None
 }
@@ -499,7 +504,7 @@ impl EventStore for LogStore {
         loop {
             // Copy the positions of the next few candidates, so that no I/O happens under
             // the index lock.
-            let candidates: Vec<(u64, u64)> = {
+            let (candidates, readable_end): (Vec<(u64, u64)>, u64) = {
                 let index = self.index();
                 let Some(entry) = index.stream(stream.as_str()) else {
                     return Ok(StreamPage::default());
@@ -531,20 +536,23 @@ impl EventStore for LogStore {
                         None => Vec::new(),
                     }
                 };
-                revisions
+                let candidates = revisions
                     .into_iter()
                     .filter_map(|r| {
                         let at = usize::try_from(r).ok()?;
                         entry.positions.get(at).map(|&p| (r, p))
                     })
-                    .collect()
+                    .collect();
+                (candidates, index.end)
             };
             let Some(&(last_candidate, _)) = candidates.last() else {
                 return Ok(StreamPage { events, next: None });
             };
             let shown = visibility.unwrap_or_else(Visibility::everything);
             for (revision, position) in candidates {
-                let event = reader.read_event(position).map_err(read_error)?;
+                let event = reader
+                    .read_event(position, readable_end)
+                    .map_err(read_error)?;
                 if event.revision.0 != revision || event.stream != *stream {
                     return Err(ReadError::Storage(StorageError::new(
                         StorageErrorKind::Corruption,

@@ -28,7 +28,7 @@ use crate::format::{
     BATCH_HEADER_LEN, PRIOR_DURABLE, begin_batch, encode_delete, encode_event, encode_metadata,
     encode_tombstone, event_record_len, finish_batch,
 };
-use crate::index::{Effect, Index};
+use crate::index::{Effect, Index, PremixedMap, id_key};
 use crate::options::Durability;
 use crate::scan::LogReader;
 use crate::segments::Segments;
@@ -95,6 +95,9 @@ pub(crate) struct Queue {
 struct QueueState {
     commands: Vec<Command>,
     closed: bool,
+    /// Whether the writer sleeps on `wake`; callers only signal it then, which spares a
+    /// system call per append while the writer is busy.
+    waiting: bool,
 }
 
 impl Queue {
@@ -105,8 +108,11 @@ impl Queue {
             return Err(command);
         }
         state.commands.push(command);
+        let waiting = state.waiting;
         drop(state);
-        self.wake.notify_one();
+        if waiting {
+            self.wake.notify_one();
+        }
         Ok(())
     }
 
@@ -125,6 +131,7 @@ impl Queue {
         let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         let deadline = timeout.map(|t| Instant::now() + t);
         while state.commands.is_empty() && !state.closed {
+            state.waiting = true;
             match deadline {
                 None => {
                     state = self
@@ -145,6 +152,7 @@ impl Queue {
                 }
             }
         }
+        state.waiting = false;
         std::mem::swap(&mut state.commands, into);
         state.closed
     }
@@ -240,11 +248,13 @@ impl Batch {
 #[derive(Default)]
 struct Overlay {
     streams: HashMap<StreamName, StreamState>,
-    ids: HashMap<Uuid, Pending>,
+    /// Events planned in this batch, by [`id_key`] of their id.
+    ids: PremixedMap<Pending>,
 }
 
 /// An event planned earlier in the same batch.
 struct Pending {
+    id: Uuid,
     command: usize,
     append: usize,
     event: usize,
@@ -341,7 +351,7 @@ impl Writer {
             .name("cairn-log-prealloc".to_owned())
             .spawn(move || {
                 for base in receiver {
-                    if let Err(error) = shared.segments.ensure(base) {
+                    if let Err(error) = shared.segments.prepare(base) {
                         tracing::warn!(%error, base, "preallocating a segment failed");
                     }
                 }
@@ -439,7 +449,11 @@ impl Writer {
         commands: &[Command],
         data: &EventData,
     ) -> Result<Option<Found>, WriteError> {
-        if let Some(pending) = overlay.ids.get(&data.id) {
+        if let Some(pending) = overlay
+            .ids
+            .get(&id_key(data.id))
+            .filter(|p| p.id == data.id)
+        {
             let same_content = match commands.get(pending.command) {
                 Some(Command::Append { appends, .. }) => appends
                     .get(pending.append)
@@ -463,7 +477,7 @@ impl Writer {
             return Ok(None);
         };
         let recorded = LogReader::new(&self.shared.segments)
-            .read_event(candidate)
+            .read_event(candidate, index.end)
             .map_err(|error| WriteError::Storage(error.into()))?;
         if recorded.id != data.id {
             return Ok(None);
@@ -563,8 +577,9 @@ impl Writer {
                 let position = batch.position();
                 encode_event(&mut batch.buf, append.stream.as_str(), revision, now, data);
                 overlay.ids.insert(
-                    data.id,
+                    id_key(data.id),
                     Pending {
+                        id: data.id,
                         command: number,
                         append: append_number,
                         event: event_number,

@@ -140,11 +140,11 @@ fn options() -> LogOptions {
 }
 
 /// One event as the fixture must hold it: (id, stream, revision, position, type, payload).
-type Expected = (u128, &'static str, u64, u64, &'static str, &'static [u8]);
+type Expected<'a> = (u128, &'a str, u64, u64, &'a str, &'a [u8]);
 
 /// The visible events of the fixture in `$all` order. Positions are global byte offsets and
 /// are part of the frozen format.
-const EXPECTED_ALL: &[Expected] = &[
+const EXPECTED_ALL: &[Expected<'static>] = &[
     (1, "order-1", 0, 96, "OrderPlaced", br#"{"total":42}"#),
     (2, "order-1", 1, 243, "OrderPaid", br#"{"amount":42}"#),
     (3, "order-1", 2, 402, "OrderShipped", b"{}"),
@@ -173,7 +173,7 @@ async fn a_version_1_data_directory_reads_back_exactly() {
         .read_all(ReadAll::forwards().limit(100))
         .await
         .expect("reads $all");
-    let found: Vec<(u128, &str, u64, u64, &str, &[u8])> = page
+    let found: Vec<Expected<'_>> = page
         .events
         .iter()
         .map(|e| {
@@ -187,8 +187,7 @@ async fn a_version_1_data_directory_reads_back_exactly() {
             )
         })
         .collect();
-    let expected: Vec<(u128, &str, u64, u64, &str, &[u8])> = EXPECTED_ALL.to_vec();
-    assert_eq!(found, expected);
+    assert_eq!(found, EXPECTED_ALL);
 
     let first: &RecordedEvent = &page.events[0];
     assert_eq!(first.content_type, "application/json");
