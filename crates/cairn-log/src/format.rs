@@ -21,6 +21,9 @@ pub(crate) const BATCH_MAGIC: u32 = 0xCA1B_BA7C;
 pub(crate) const BATCH_HEADER_LEN: usize = 32;
 /// Batch flag: everything written before this batch was durable when it was written.
 pub(crate) const PRIOR_DURABLE: u32 = 1;
+/// Batch flag: everything written before the batch preceding this one was durable when this
+/// one was written (the writer flushes one batch while it writes the next).
+pub(crate) const PRIOR_BUT_ONE_DURABLE: u32 = 2;
 
 /// The length of every record's common header (crc, length, kind, flags, stream length).
 const RECORD_PREFIX_LEN: usize = 12;

@@ -5,10 +5,11 @@
 //! is applied, so a batch is either entirely in the index or not at all. At the first batch
 //! that does not check, recovery decides between a torn tail and damage:
 //!
-//! - it looks for a later batch (in the same segment, by its magic number, or at the start
-//!   of a later segment);
-//! - a later batch flagged [`PRIOR_DURABLE`] proves that everything before it had been
-//!   flushed, so the bad batch was durable once: that is damage, and opening stops with an
+//! - it looks for later batches (in the same segment, by their magic number, and at the
+//!   start of each later segment);
+//! - a later batch flagged [`PRIOR_DURABLE`], or one at least two batches later flagged
+//!   [`PRIOR_BUT_ONE_DURABLE`], proves that the bad batch had been flushed before it was
+//!   written, so the bad batch was durable once: that is damage, and opening stops with an
 //!   error naming the file and offset, rather than dropping what follows;
 //! - otherwise the bad bytes are the tail of a write that never completed its flush (or,
 //!   in a weaker durability mode, was not flushed yet): they are zeroed, and the log ends
@@ -23,8 +24,9 @@ use std::path::PathBuf;
 use cairn_core::{Position, StreamName};
 
 use crate::format::{
-    BATCH_HEADER_LEN, BATCH_MAGIC, FormatError, PRIOR_DURABLE, Record, SEGMENT_HEADER_LEN,
-    checked_record_len, decode_batch_header, decode_record, decode_segment_header, is_unwritten,
+    BATCH_HEADER_LEN, BATCH_MAGIC, FormatError, PRIOR_BUT_ONE_DURABLE, PRIOR_DURABLE, Record,
+    SEGMENT_HEADER_LEN, checked_record_len, decode_batch_header, decode_record,
+    decode_segment_header, is_unwritten,
 };
 use crate::index::{Effect, Index};
 use crate::options::OpenError;
@@ -94,10 +96,11 @@ pub(crate) fn recover(segments: &Segments) -> Result<Recovered, OpenError> {
                 number += 1;
             }
             Some(damage) => {
-                let later = find_later(segments, &files, number, &damage, index.next_sequence)?;
+                let expected = index.next_sequence;
+                let later = find_later(segments, &files, number, &damage, expected)?;
                 let end_of_segment = damage.unwritten
-                    && later.is_some_and(|l| {
-                        l.sequence == index.next_sequence
+                    && later.first.is_some_and(|l| {
+                        l.sequence == expected
                             && l.at >= segment_end
                             && l.at == Segments::data_start(segments.base_of(l.at))
                     });
@@ -106,8 +109,8 @@ pub(crate) fn recover(segments: &Segments) -> Result<Recovered, OpenError> {
                     write_at = segment_end;
                     continue;
                 }
-                if let Some(later) = later.filter(|l| l.flags & PRIOR_DURABLE != 0) {
-                    return Err(corrupt(segments, &damage, later));
+                if let Some(proof) = later.proof {
+                    return Err(corrupt(segments, &damage, proof));
                 }
                 truncate(segments, &files, number, damage.at)?;
                 write_at = damage.at;
@@ -320,17 +323,44 @@ fn effect_of(
     })
 }
 
-/// Looks for the first valid batch header after the damage: in the rest of its segment,
-/// then at the start of each later segment.
+/// What lies after the damage: the first valid batch header, and the first one that proves
+/// the damaged batch had been durable.
+#[derive(Debug, Default)]
+struct LaterBatches {
+    first: Option<Later>,
+    proof: Option<Later>,
+}
+
+impl LaterBatches {
+    /// Takes note of a valid header found later in the log; true once a proof is found.
+    fn note(&mut self, later: Later, expected: u64) -> bool {
+        if later.sequence < expected {
+            // A stale or foreign header: it says nothing about the damaged batch.
+            return false;
+        }
+        self.first.get_or_insert(later);
+        let proves = (later.flags & PRIOR_DURABLE != 0 && later.sequence > expected)
+            || (later.flags & PRIOR_BUT_ONE_DURABLE != 0 && later.sequence > expected + 1);
+        if proves {
+            self.proof = Some(later);
+        }
+        proves
+    }
+}
+
+/// Looks for valid batch headers after the damage, whose sequence number is at least
+/// `expected` (the damaged batch's): in the rest of its segment, then at the start of each
+/// later segment. Stops at the first that proves the damaged batch had been durable.
 fn find_later(
     segments: &Segments,
     files: &[SegmentFile],
     number: usize,
     damage: &Damage,
-    sequence: u64,
-) -> Result<Option<Later>, OpenError> {
+    expected: u64,
+) -> Result<LaterBatches, OpenError> {
+    let mut found = LaterBatches::default();
     let Some(segment) = files.get(number) else {
-        return Ok(None);
+        return Ok(found);
     };
     let segment_end = segment.base + segments.size();
     let magic = BATCH_MAGIC.to_le_bytes();
@@ -345,14 +375,15 @@ fn find_later(
             let Some(header) = buf.get(start..start + BATCH_HEADER_LEN) else {
                 continue;
             };
-            if let Ok(header) = decode_batch_header(header)
-                && header.sequence >= sequence
-            {
-                return Ok(Some(Later {
+            if let Ok(header) = decode_batch_header(header) {
+                let later = Later {
                     at: at + start as u64,
                     sequence: header.sequence,
                     flags: header.flags,
-                }));
+                };
+                if found.note(later, expected) {
+                    return Ok(found);
+                }
             }
         }
         at += READ_CHUNK as u64;
@@ -360,17 +391,18 @@ fn find_later(
     for later in files.iter().skip(number + 1) {
         let start = Segments::data_start(later.base);
         let header = read(segments, later, start, BATCH_HEADER_LEN)?;
-        if let Ok(header) = decode_batch_header(&header)
-            && header.sequence >= sequence
-        {
-            return Ok(Some(Later {
+        if let Ok(header) = decode_batch_header(&header) {
+            let later = Later {
                 at: start,
                 sequence: header.sequence,
                 flags: header.flags,
-            }));
+            };
+            if found.note(later, expected) {
+                return Ok(found);
+            }
         }
     }
-    Ok(None)
+    Ok(found)
 }
 
 fn corrupt(segments: &Segments, damage: &Damage, later: Later) -> OpenError {

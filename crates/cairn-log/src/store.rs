@@ -26,7 +26,7 @@ use crate::recovery::recover;
 use crate::scan::{LogReader, Materializer, ScanError};
 use crate::segments::Segments;
 use crate::storage::{OpenMode, Storage};
-use crate::writer::{Command, LifecycleChange, Queue, Shared, spawn};
+use crate::writer::{Command, LifecycleChange, Progress, Queue, Shared, spawn};
 
 /// The name of the file that records the data directory's format version.
 const FORMAT_FILE: &str = "FORMAT";
@@ -145,6 +145,7 @@ impl LogStore {
             changes,
             queue: Queue::default(),
             limits: options.limits,
+            progress: Progress::new(recovered.start.sequence.saturating_sub(1)),
         });
         let writer = spawn(Arc::clone(&shared), options.durability, recovered.start)
             .map_err(|e| OpenError::io(&dir, e))?;

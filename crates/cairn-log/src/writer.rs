@@ -1,21 +1,30 @@
-//! The writer: one thread that owns the tail of the log.
+//! The writer: two threads that own the tail of the log, as a two-stage pipeline.
 //!
-//! Callers queue commands ([`Queue`]); the writer takes everything queued at once, checks
-//! each command against the index plus what earlier commands of the same batch will change
-//! (so the batch behaves exactly as if the commands ran one by one), encodes the accepted
-//! ones into one buffer, writes it with one `write` per segment touched, flushes once
-//! (group commit), then applies the batch to the index and answers every caller. Nothing is
-//! acknowledged, and nothing becomes visible to readers, before its flush (in the default
-//! durability mode).
+//! - The **planner** takes every queued command at once ([`Queue`]), checks each against
+//!   the index plus what earlier, not yet applied commands will change (so commands behave
+//!   exactly as if they ran one by one), encodes the accepted ones into one buffer and
+//!   writes it with one `write` per segment touched. It then hands the batch to the syncer
+//!   and plans the next one while the syncer flushes.
+//! - The **syncer** flushes (`fdatasync`, once for the whole batch: group commit), applies
+//!   the batch to the index, and only then answers every caller of the batch, rejected
+//!   ones included, so no answer ever depends on a write that might not become durable.
 //!
-//! A failed write or flush fails every command of the batch and stops the writer for good
-//! (fail-stop): the store must be reopened, and recovery decides what is durable.
+//! The hand-over is a rendezvous: the planner writes batch `k + 1` while batch `k` flushes,
+//! but writes `k + 2` only after `k` is durable. Every batch header says which of those
+//! guarantees held when it was written ([`PRIOR_DURABLE`], [`PRIOR_BUT_ONE_DURABLE`]);
+//! recovery uses that to tell a torn tail from damage.
+//!
+//! Nothing is acknowledged, and nothing becomes visible to readers, before its flush (in the
+//! default durability mode). A failed write or flush fails every command not yet answered
+//! and stops the writer for good (fail-stop): the store must be reopened, and recovery
+//! decides what is durable.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Condvar, Mutex, PoisonError, RwLock};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use cairn_core::{
     AppendResult, CurrentRevision, EventData, ExpectedRevision, Position, Revision, StorageError,
@@ -25,8 +34,8 @@ use cairn_core::{
 use tokio::sync::{oneshot, watch};
 
 use crate::format::{
-    BATCH_HEADER_LEN, PRIOR_DURABLE, begin_batch, encode_delete, encode_event, encode_metadata,
-    encode_tombstone, event_record_len, finish_batch,
+    BATCH_HEADER_LEN, PRIOR_BUT_ONE_DURABLE, PRIOR_DURABLE, begin_batch, encode_delete,
+    encode_event, encode_metadata, encode_tombstone, event_record_len, finish_batch,
 };
 use crate::index::{Effect, Index, PremixedMap, id_key};
 use crate::options::Durability;
@@ -36,13 +45,66 @@ use crate::storage::StorageFile;
 
 /// What the store's handles and its writer share.
 pub(crate) struct Shared {
-    /// Written only by the writer thread, after a batch is durable; read by everyone.
+    /// Written only by the syncer, after a batch is durable; read by everyone.
     pub(crate) index: RwLock<Index>,
     pub(crate) segments: Segments,
-    /// Bumped by the writer after every applied batch; subscriptions wait on it.
+    /// Bumped by the syncer after every applied batch; subscriptions wait on it.
     pub(crate) changes: watch::Sender<u64>,
     pub(crate) queue: Queue,
     pub(crate) limits: StoreLimits,
+    /// Written by the syncer, read by the planner.
+    pub(crate) progress: Progress,
+}
+
+/// How far the pipeline got. The syncer writes both; the planner reads them.
+#[derive(Debug, Default)]
+pub(crate) struct Progress {
+    /// The sequence number of the last batch frame known durable.
+    synced_sequence: AtomicU64,
+    /// The number of the last planned batch applied to the index.
+    applied_batch: AtomicU64,
+    /// Batches handed to the syncer and not yet answered. The planner increments, the
+    /// syncer decrements.
+    in_flight: AtomicU64,
+    /// The failure that stopped the writer, if any. Set once, by either thread.
+    failure: Mutex<Option<StorageError>>,
+}
+
+impl Progress {
+    pub(crate) fn new(synced_sequence: u64) -> Self {
+        Self {
+            synced_sequence: AtomicU64::new(synced_sequence),
+            ..Self::default()
+        }
+    }
+
+    fn failure(&self) -> Option<StorageError> {
+        self.failure
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Records a failure (the first one wins) and returns the error callers get.
+    fn fail(&self, what: String, error: std::io::Error) -> StorageError {
+        let error = StorageError::io(what, error);
+        tracing::error!(%error, "the log writer stopped");
+        self.failure
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get_or_insert(error)
+            .clone()
+    }
+
+    /// The error for commands that arrive after the writer stopped.
+    fn stopped(&self) -> Option<WriteError> {
+        self.failure().map(|cause| {
+            WriteError::Storage(StorageError::new(
+                StorageErrorKind::Stopped,
+                format!("the store stopped after a storage failure and must be reopened: {cause}"),
+            ))
+        })
+    }
 }
 
 /// The answer channel of a command.
@@ -72,18 +134,18 @@ pub(crate) enum Command {
 }
 
 impl Command {
-    fn fail(self, error: &WriteError) {
-        // A caller that stopped waiting is not an error.
+    /// Answers the command; a caller that stopped waiting is not an error.
+    fn answer(self, outcome: Result<Vec<AppendResult>, WriteError>) {
         match self {
-            Command::Append { reply, .. } => drop(reply.send(Err(error.clone()))),
+            Command::Append { reply, .. } => drop(reply.send(outcome)),
             Command::Lifecycle { reply, .. } | Command::Flush { reply } => {
-                drop(reply.send(Err(error.clone())));
+                drop(reply.send(outcome.map(drop)));
             }
         }
     }
 }
 
-/// Commands waiting for the writer. Callers push and notify; the writer takes them all at
+/// Commands waiting for the writer. Callers push and notify; the planner takes them all at
 /// once, which is what batches concurrent appends into one flush.
 #[derive(Default)]
 pub(crate) struct Queue {
@@ -95,8 +157,8 @@ pub(crate) struct Queue {
 struct QueueState {
     commands: Vec<Command>,
     closed: bool,
-    /// Whether the writer sleeps on `wake`; callers only signal it then, which spares a
-    /// system call per append while the writer is busy.
+    /// Whether the planner sleeps on `wake`; callers only signal it then, which spares a
+    /// system call per append while the planner is busy.
     waiting: bool,
 }
 
@@ -116,6 +178,15 @@ impl Queue {
         Ok(())
     }
 
+    /// Whether no command waits.
+    fn is_empty(&self) -> bool {
+        self.state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .commands
+            .is_empty()
+    }
+
     /// Stops accepting commands; the writer finishes what is queued and exits.
     pub(crate) fn close(&self) {
         self.state
@@ -125,32 +196,16 @@ impl Queue {
         self.wake.notify_all();
     }
 
-    /// Takes every queued command, waiting for one (at most `timeout`). The flag says
-    /// whether the queue is closed.
-    fn take(&self, timeout: Option<Duration>, into: &mut Vec<Command>) -> bool {
+    /// Takes every queued command, waiting for one. The flag says whether the queue is
+    /// closed.
+    fn take(&self, into: &mut Vec<Command>) -> bool {
         let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        let deadline = timeout.map(|t| Instant::now() + t);
         while state.commands.is_empty() && !state.closed {
             state.waiting = true;
-            match deadline {
-                None => {
-                    state = self
-                        .wake
-                        .wait(state)
-                        .unwrap_or_else(PoisonError::into_inner)
-                }
-                Some(deadline) => {
-                    let left = deadline.saturating_duration_since(Instant::now());
-                    if left.is_zero() {
-                        break;
-                    }
-                    state = self
-                        .wake
-                        .wait_timeout(state, left)
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .0;
-                }
-            }
+            state = self
+                .wake
+                .wait(state)
+                .unwrap_or_else(PoisonError::into_inner);
         }
         state.waiting = false;
         std::mem::swap(&mut state.commands, into);
@@ -167,15 +222,32 @@ pub(crate) struct WriterStart {
     pub(crate) sequence: u64,
 }
 
-/// Starts the writer thread.
+/// Starts the writer's threads; the handle joins them all.
 pub(crate) fn spawn(
     shared: Arc<Shared>,
     durability: Durability,
     start: WriterStart,
 ) -> std::io::Result<JoinHandle<()>> {
+    let (handoff, batches) = mpsc::sync_channel::<InFlight>(0);
+    let committer = Arc::new(Mutex::new(Committer {
+        shared: Arc::clone(&shared),
+        durability,
+        file: None,
+        dirty: None,
+        last_sync: Instant::now(),
+    }));
+    let syncer = Syncer {
+        shared: Arc::clone(&shared),
+        committer: Arc::clone(&committer),
+        durability,
+    };
+    let syncer = std::thread::Builder::new()
+        .name("cairn-log-sync".to_owned())
+        .spawn(move || syncer.run(&batches))?;
+    let planner = Planner::new(shared, start, handoff, syncer, committer);
     std::thread::Builder::new()
-        .name("cairn-log-writer".to_owned())
-        .spawn(move || Writer::new(shared, durability, start).run())
+        .name("cairn-log-plan".to_owned())
+        .spawn(move || planner.run())
 }
 
 /// One segment-sized part of a batch: one batch frame in one segment.
@@ -202,6 +274,16 @@ impl Batch {
         self.chunks
             .last()
             .map_or(0, |c| c.start + (self.buf.len() - c.buf_start) as u64)
+    }
+
+    /// Where each frame ends in the buffer.
+    fn frame_ends(&self) -> Vec<usize> {
+        self.chunks
+            .iter()
+            .skip(1)
+            .map(|c| c.buf_start)
+            .chain(std::iter::once(self.buf.len()))
+            .collect()
     }
 
     /// Makes room for `count` records of `size` bytes in one segment, starting a frame in
@@ -243,32 +325,89 @@ impl Batch {
     }
 }
 
-/// The state of the streams a batch touches, as the commands before the current one left
-/// it, and the events it holds by id.
-#[derive(Default)]
-struct Overlay {
-    streams: HashMap<StreamName, StreamState>,
-    /// Events planned in this batch, by [`id_key`] of their id.
-    ids: PremixedMap<Pending>,
+/// A written batch on its way to the syncer.
+struct InFlight {
+    /// The planner's number of this batch.
+    number: u64,
+    /// The sequence number of its last frame, if it wrote any.
+    last_sequence: Option<u64>,
+    /// Each frame: segment base, global start and end.
+    frames: Vec<(u64, u64, u64)>,
+    effects: Vec<Effect>,
+    /// The segment its last frame went to.
+    file: Option<Arc<dyn StorageFile>>,
+    /// The commands and what they will be answered.
+    answers: Vec<(Command, Result<Vec<AppendResult>, WriteError>)>,
+    /// Whether a command asked for a flush.
+    flush: bool,
 }
 
-/// An event planned earlier in the same batch.
+/// What planned batches will change, until the syncer applied them: the state of the
+/// streams they touch and the events they hold, tagged with the batch number.
+#[derive(Default)]
+struct Overlay {
+    streams: HashMap<StreamName, (StreamState, u64)>,
+    /// Planned events by [`id_key`] of their id.
+    ids: PremixedMap<Pending>,
+    /// Per batch: the id keys and streams it added, to forget once applied.
+    batches: VecDeque<(u64, Vec<u64>, Vec<StreamName>)>,
+}
+
+/// An event planned but not yet applied.
 struct Pending {
     id: Uuid,
-    command: usize,
-    append: usize,
-    event: usize,
     stream: StreamName,
     revision: Revision,
     position: u64,
+    batch: u64,
+    /// Command, append and event indexes, while its batch is the one being planned.
+    origin: (usize, usize, usize),
 }
 
 impl Overlay {
     fn state(&self, index: &Index, stream: &StreamName) -> StreamState {
         self.streams
             .get(stream)
-            .copied()
+            .map(|(state, _)| *state)
             .unwrap_or_else(|| index.stream_state(stream.as_str()))
+    }
+
+    fn set_state(&mut self, stream: &StreamName, state: StreamState, batch: u64) {
+        self.streams.insert(stream.clone(), (state, batch));
+        if let Some((_, _, streams)) = self.batches.back_mut() {
+            streams.push(stream.clone());
+        }
+    }
+
+    fn add_event(&mut self, pending: Pending) {
+        let key = id_key(pending.id);
+        if let Some((_, keys, _)) = self.batches.back_mut() {
+            keys.push(key);
+        }
+        self.ids.insert(key, pending);
+    }
+
+    /// Forgets what batches up to `applied` added: the index holds it now.
+    fn forget_applied(&mut self, applied: u64) {
+        while self
+            .batches
+            .front()
+            .is_some_and(|(batch, _, _)| *batch <= applied)
+        {
+            let Some((batch, keys, streams)) = self.batches.pop_front() else {
+                break;
+            };
+            for key in keys {
+                if self.ids.get(&key).is_some_and(|p| p.batch == batch) {
+                    self.ids.remove(&key);
+                }
+            }
+            for stream in streams {
+                if self.streams.get(&stream).is_some_and(|(_, b)| *b == batch) {
+                    self.streams.remove(&stream);
+                }
+            }
+        }
     }
 }
 
@@ -280,33 +419,47 @@ struct Found {
     same_content: bool,
 }
 
-struct Writer {
+/// The first pipeline stage: plans, encodes and writes batches.
+struct Planner {
     shared: Arc<Shared>,
-    durability: Durability,
     /// The segment being written, and its handle.
     base: u64,
     file: Option<Arc<dyn StorageFile>>,
     write_at: u64,
     sequence: u64,
-    /// Whether everything written so far is durable.
-    synced: bool,
-    last_sync: Instant,
-    failed: Option<StorageError>,
+    /// Every frame with a sequence number up to this one is durable, as this thread knows
+    /// it from its own flushes (sealing a segment).
+    sealed_sequence: u64,
+    batch_number: u64,
+    overlay: Overlay,
+    handoff: mpsc::SyncSender<InFlight>,
+    syncer: Option<JoinHandle<()>>,
+    /// Shared with the syncer: the planner commits a batch itself when the syncer is idle
+    /// and nothing else waits, which spares a thread hand-over on the path of a lone writer.
+    committer: Arc<Mutex<Committer>>,
     preallocator: Option<(mpsc::Sender<u64>, JoinHandle<()>)>,
 }
 
-impl Writer {
-    fn new(shared: Arc<Shared>, durability: Durability, start: WriterStart) -> Self {
+impl Planner {
+    fn new(
+        shared: Arc<Shared>,
+        start: WriterStart,
+        handoff: mpsc::SyncSender<InFlight>,
+        syncer: JoinHandle<()>,
+        committer: Arc<Mutex<Committer>>,
+    ) -> Self {
         Self {
             shared,
-            durability,
             base: u64::MAX,
             file: None,
             write_at: start.write_at,
             sequence: start.sequence,
-            synced: true,
-            last_sync: Instant::now(),
-            failed: None,
+            sealed_sequence: start.sequence.saturating_sub(1),
+            batch_number: 0,
+            overlay: Overlay::default(),
+            handoff,
+            syncer: Some(syncer),
+            committer,
             preallocator: None,
         }
     }
@@ -315,30 +468,25 @@ impl Writer {
         self.start_preallocator();
         let mut commands = Vec::new();
         loop {
-            let timeout = match self.durability {
-                Durability::Interval(every) if !self.synced => {
-                    Some(every.saturating_sub(self.last_sync.elapsed()))
-                }
-                _ => None,
-            };
-            let closed = self.shared.queue.take(timeout, &mut commands);
+            let closed = self.shared.queue.take(&mut commands);
             if !commands.is_empty() {
                 self.process(&mut commands);
             }
-            if let Durability::Interval(every) = self.durability
-                && !self.synced
-                && self.last_sync.elapsed() >= every
-            {
-                let _ = self.sync();
-            }
             if closed && commands.is_empty() {
-                if !self.synced {
-                    let _ = self.sync();
-                }
                 break;
             }
         }
-        if let Some((sender, handle)) = self.preallocator.take() {
+        let Self {
+            handoff,
+            syncer,
+            preallocator,
+            ..
+        } = self;
+        drop(handoff);
+        if let Some(syncer) = syncer {
+            let _ = syncer.join();
+        }
+        if let Some((sender, handle)) = preallocator {
             drop(sender);
             let _ = handle.join();
         }
@@ -361,110 +509,124 @@ impl Writer {
         }
     }
 
-    fn stopped_error(&self) -> Option<WriteError> {
-        self.failed.as_ref().map(|cause| {
-            WriteError::Storage(StorageError::new(
-                StorageErrorKind::Stopped,
-                format!("the store stopped after a storage failure and must be reopened: {cause}"),
-            ))
-        })
-    }
-
     fn process(&mut self, commands: &mut Vec<Command>) {
-        if let Some(error) = self.stopped_error() {
+        if let Some(error) = self.shared.progress.stopped() {
             for command in commands.drain(..) {
-                command.fail(&error);
+                command.answer(Err(error.clone()));
             }
             return;
         }
+        self.overlay
+            .forget_applied(self.shared.progress.applied_batch.load(Ordering::Acquire));
+        self.batch_number += 1;
+        let number = self.batch_number;
+        self.overlay
+            .batches
+            .push_back((number, Vec::new(), Vec::new()));
         let mut batch = Batch::default();
-        let mut outcomes: Vec<Result<Vec<AppendResult>, WriteError>> =
-            Vec::with_capacity(commands.len());
+        let mut outcomes = Vec::with_capacity(commands.len());
         let mut flush = false;
-        {
-            let shared = Arc::clone(&self.shared);
-            let index = shared.index.read().unwrap_or_else(PoisonError::into_inner);
-            let mut overlay = Overlay::default();
-            let now = Timestamp::now();
-            for (number, command) in commands.iter().enumerate() {
-                let outcome = match command {
-                    Command::Append { appends, .. } => self.plan_append(
-                        &index,
-                        &mut overlay,
-                        commands,
-                        number,
-                        appends,
-                        now,
-                        &mut batch,
-                    ),
-                    Command::Lifecycle { stream, change, .. } => self
-                        .plan_lifecycle(&index, &mut overlay, stream, *change, &mut batch)
-                        .map(|()| Vec::new()),
-                    Command::Flush { .. } => {
-                        flush = true;
-                        Ok(Vec::new())
-                    }
-                };
-                outcomes.push(outcome);
-            }
+        let now = Timestamp::now();
+        for (position_in_batch, command) in commands.iter().enumerate() {
+            let outcome = match command {
+                Command::Append { appends, .. } => {
+                    self.plan_append(commands, position_in_batch, appends, now, &mut batch)
+                }
+                Command::Lifecycle { stream, change, .. } => self
+                    .plan_lifecycle(stream, *change, &mut batch)
+                    .map(|()| Vec::new()),
+                Command::Flush { .. } => {
+                    flush = true;
+                    Ok(Vec::new())
+                }
+            };
+            outcomes.push(outcome);
         }
-        let written = if batch.chunks.is_empty() {
-            Ok(())
-        } else {
-            self.write(&mut batch)
-        };
-        let durable = written.and_then(|()| {
-            if flush || (self.durability == Durability::Always && !self.synced) {
-                self.sync()
-            } else {
-                Ok(())
-            }
-        });
-        if let Err(error) = durable {
+        if !batch.chunks.is_empty()
+            && let Err(error) = self.write(&mut batch)
+        {
             let error = WriteError::Storage(error);
             for command in commands.drain(..) {
-                command.fail(&error);
+                command.answer(Err(error.clone()));
             }
             return;
         }
-        if !batch.chunks.is_empty() {
-            self.apply(batch);
+        let frames = batch
+            .chunks
+            .iter()
+            .zip(batch.frame_ends())
+            .map(|(c, end)| (c.base, c.start, c.start + (end - c.buf_start) as u64))
+            .collect();
+        let in_flight = InFlight {
+            number,
+            last_sequence: (!batch.chunks.is_empty()).then(|| self.sequence - 1),
+            frames,
+            effects: batch.effects,
+            file: if batch.chunks.is_empty() {
+                None
+            } else {
+                self.file.clone()
+            },
+            answers: commands.drain(..).zip(outcomes).collect(),
+            flush,
+        };
+        let progress = &self.shared.progress;
+        if progress.in_flight.load(Ordering::Acquire) == 0 && self.shared.queue.is_empty() {
+            // Nothing to overlap with: commit here rather than wake the syncer.
+            self.committer
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .commit(in_flight);
+            return;
         }
-        for (command, outcome) in commands.drain(..).zip(outcomes) {
-            // A caller that stopped waiting is not an error.
-            match command {
-                Command::Append { reply, .. } => drop(reply.send(outcome)),
-                Command::Lifecycle { reply, .. } | Command::Flush { reply } => {
-                    drop(reply.send(outcome.map(drop)));
-                }
+        progress.in_flight.fetch_add(1, Ordering::AcqRel);
+        if let Err(mpsc::SendError(in_flight)) = self.handoff.send(in_flight) {
+            progress.in_flight.fetch_sub(1, Ordering::AcqRel);
+            let error = WriteError::Storage(StorageError::new(
+                StorageErrorKind::Stopped,
+                "the log syncer stopped",
+            ));
+            for (command, _) in in_flight.answers {
+                command.answer(Err(error.clone()));
             }
         }
     }
 
-    /// Looks for an event already recorded, or planned earlier in this batch, under `id`.
+    fn index(&self) -> std::sync::RwLockReadGuard<'_, Index> {
+        self.shared
+            .index
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Looks for an event already recorded, or planned and not yet applied, under `id`.
     fn find(
         &self,
         index: &Index,
-        overlay: &Overlay,
         commands: &[Command],
         data: &EventData,
     ) -> Result<Option<Found>, WriteError> {
-        if let Some(pending) = overlay
+        if let Some(pending) = self
+            .overlay
             .ids
             .get(&id_key(data.id))
             .filter(|p| p.id == data.id)
         {
-            let same_content = match commands.get(pending.command) {
-                Some(Command::Append { appends, .. }) => appends
-                    .get(pending.append)
-                    .and_then(|a| a.events.get(pending.event))
-                    .is_some_and(|planned| {
-                        planned.event_type == data.event_type
-                            && planned.payload == data.payload
-                            && planned.content_type == data.content_type
-                            && planned.metadata == data.metadata
-                    }),
-                _ => false,
+            let same_content = if pending.batch == self.batch_number {
+                let (command, append, event) = pending.origin;
+                match commands.get(command) {
+                    Some(Command::Append { appends, .. }) => appends
+                        .get(append)
+                        .and_then(|a| a.events.get(event))
+                        .is_some_and(|planned| same_data(planned, data)),
+                    _ => false,
+                }
+            } else {
+                // Written by an earlier batch: read it back from the file.
+                let recorded = LogReader::new(&self.shared.segments)
+                    .read_event(pending.position, self.write_at)
+                    .map_err(|error| WriteError::Storage(error.into()))?;
+                data.same_content_as(&recorded)
             };
             return Ok(Some(Found {
                 stream: pending.stream.clone(),
@@ -495,7 +657,6 @@ impl Writer {
     fn find_retry(
         &self,
         index: &Index,
-        overlay: &Overlay,
         commands: &[Command],
         appends: &[StreamAppend],
     ) -> Result<Option<Vec<AppendResult>>, WriteError> {
@@ -505,7 +666,7 @@ impl Writer {
         for append in appends {
             let mut previous: Option<Found> = None;
             for data in &append.events {
-                let Some(found) = self.find(index, overlay, commands, data)? else {
+                let Some(found) = self.find(index, commands, data)? else {
                     missing.get_or_insert(data.id);
                     continue;
                 };
@@ -534,28 +695,30 @@ impl Writer {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn plan_append(
-        &self,
-        index: &Index,
-        overlay: &mut Overlay,
+        &mut self,
         commands: &[Command],
-        number: usize,
+        command_number: usize,
         appends: &[StreamAppend],
         now: Timestamp,
         batch: &mut Batch,
     ) -> Result<Vec<AppendResult>, WriteError> {
-        if let Some(results) = self.find_retry(index, overlay, commands, appends)? {
-            return Ok(results);
+        {
+            let index = self.index();
+            if let Some(results) = self.find_retry(&index, commands, appends)? {
+                return Ok(results);
+            }
+            for append in appends {
+                check_expected(
+                    self.overlay.state(&index, &append.stream),
+                    &append.stream,
+                    append.expected,
+                )?;
+            }
         }
         let mut size = 0u64;
         let mut count = 0u32;
         for append in appends {
-            check_expected(
-                overlay.state(index, &append.stream),
-                &append.stream,
-                append.expected,
-            )?;
             for data in &append.events {
                 size += event_record_len(append.stream.as_str(), data) as u64;
                 count += 1;
@@ -569,25 +732,25 @@ impl Writer {
                 ),
             });
         }
+        let number = self.batch_number;
         let mut results = Vec::with_capacity(appends.len());
         for (append_number, append) in appends.iter().enumerate() {
-            let mut revision = overlay.state(index, &append.stream).next_revision();
+            let mut revision = {
+                let index = self.index();
+                self.overlay.state(&index, &append.stream).next_revision()
+            };
             let mut last = None;
             for (event_number, data) in append.events.iter().enumerate() {
                 let position = batch.position();
                 encode_event(&mut batch.buf, append.stream.as_str(), revision, now, data);
-                overlay.ids.insert(
-                    id_key(data.id),
-                    Pending {
-                        id: data.id,
-                        command: number,
-                        append: append_number,
-                        event: event_number,
-                        stream: append.stream.clone(),
-                        revision,
-                        position,
-                    },
-                );
+                self.overlay.add_event(Pending {
+                    id: data.id,
+                    stream: append.stream.clone(),
+                    revision,
+                    position,
+                    batch: number,
+                    origin: (command_number, append_number, event_number),
+                });
                 batch.effects.push(Effect::Event {
                     stream: append.stream.clone(),
                     revision,
@@ -601,11 +764,12 @@ impl Writer {
                 revision = revision.next();
             }
             if let Some(result) = last {
-                overlay.streams.insert(
-                    append.stream.clone(),
+                self.overlay.set_state(
+                    &append.stream,
                     StreamState::Active {
                         last_revision: result.revision,
                     },
+                    number,
                 );
                 results.push(result);
             }
@@ -614,54 +778,55 @@ impl Writer {
     }
 
     fn plan_lifecycle(
-        &self,
-        index: &Index,
-        overlay: &mut Overlay,
+        &mut self,
         stream: &StreamName,
         change: LifecycleChange,
         batch: &mut Batch,
     ) -> Result<(), WriteError> {
-        let state = overlay.state(index, stream);
+        let state = {
+            let index = self.index();
+            self.overlay.state(&index, stream)
+        };
         let expected = match change {
             LifecycleChange::Metadata(_) => ExpectedRevision::Any,
             LifecycleChange::Delete(expected) | LifecycleChange::Tombstone(expected) => expected,
         };
         let current = check_expected(state, stream, expected)?;
+        let mut record = Vec::new();
         let (effect, next_state) = match change {
-            LifecycleChange::Metadata(metadata) => (
-                Effect::Metadata {
-                    stream: stream.clone(),
-                    metadata,
-                },
-                state,
-            ),
+            LifecycleChange::Metadata(metadata) => {
+                encode_metadata(&mut record, stream.as_str(), &metadata);
+                (
+                    Effect::Metadata {
+                        stream: stream.clone(),
+                        metadata,
+                    },
+                    state,
+                )
+            }
             LifecycleChange::Delete(_) => match current {
                 CurrentRevision::NoStream => return Ok(()),
-                CurrentRevision::Revision(last_revision) => (
-                    Effect::Delete {
-                        stream: stream.clone(),
-                        deleted_before: last_revision.next(),
-                    },
-                    StreamState::Deleted { last_revision },
-                ),
+                CurrentRevision::Revision(last_revision) => {
+                    encode_delete(&mut record, stream.as_str(), last_revision.next());
+                    (
+                        Effect::Delete {
+                            stream: stream.clone(),
+                            deleted_before: last_revision.next(),
+                        },
+                        StreamState::Deleted { last_revision },
+                    )
+                }
             },
-            LifecycleChange::Tombstone(_) => (
-                Effect::Tombstone {
-                    stream: stream.clone(),
-                },
-                StreamState::Tombstoned,
-            ),
+            LifecycleChange::Tombstone(_) => {
+                encode_tombstone(&mut record, stream.as_str());
+                (
+                    Effect::Tombstone {
+                        stream: stream.clone(),
+                    },
+                    StreamState::Tombstoned,
+                )
+            }
         };
-        let mut record = Vec::new();
-        match &effect {
-            Effect::Metadata { metadata, .. } => {
-                encode_metadata(&mut record, stream.as_str(), metadata)
-            }
-            Effect::Delete { deleted_before, .. } => {
-                encode_delete(&mut record, stream.as_str(), *deleted_before);
-            }
-            _ => encode_tombstone(&mut record, stream.as_str()),
-        }
         if !batch.reserve(
             record.len() as u64,
             1,
@@ -674,44 +839,51 @@ impl Writer {
         }
         batch.buf.extend_from_slice(&record);
         batch.effects.push(effect);
-        overlay.streams.insert(stream.clone(), next_state);
+        self.overlay
+            .set_state(stream, next_state, self.batch_number);
         Ok(())
     }
 
     /// Writes the batch's frames, sealing (flushing) a segment before writing the next.
     fn write(&mut self, batch: &mut Batch) -> Result<(), StorageError> {
-        let ends: Vec<usize> = batch
-            .chunks
-            .iter()
-            .skip(1)
-            .map(|c| c.buf_start)
-            .chain(std::iter::once(batch.buf.len()))
-            .collect();
+        let ends = batch.frame_ends();
+        let synced = self
+            .shared
+            .progress
+            .synced_sequence
+            .load(Ordering::Acquire)
+            .max(self.sealed_sequence);
         for (number, (chunk, &end)) in batch.chunks.iter().zip(&ends).enumerate() {
-            let flags = if number > 0 || self.synced {
-                PRIOR_DURABLE
-            } else {
-                0
-            };
+            let sequence = self.sequence + number as u64;
+            // A frame that starts a segment is written after the move sealed the log.
+            let seals = number > 0 || (chunk.base != self.base && self.file.is_some());
+            let durable_before = if seals { sequence - 1 } else { synced };
+            let mut flags = 0;
+            if durable_before + 1 >= sequence {
+                flags |= PRIOR_DURABLE;
+            }
+            if durable_before + 2 >= sequence {
+                flags |= PRIOR_BUT_ONE_DURABLE;
+            }
             finish_batch(
                 &mut batch.buf,
                 chunk.buf_start,
                 end,
                 chunk.count,
-                self.sequence + number as u64,
+                sequence,
                 flags,
             );
         }
-        for (chunk, &end) in batch.chunks.iter().zip(&ends) {
+        for (number, (chunk, &end)) in batch.chunks.iter().zip(&ends).enumerate() {
             if chunk.base != self.base || self.file.is_none() {
-                self.roll(chunk.base)?;
+                self.roll(chunk.base, self.sequence + number as u64)?;
             }
             let file = self.file.as_ref().ok_or_else(|| {
                 StorageError::new(StorageErrorKind::Other, "no segment is open for writing")
             })?;
             let bytes = batch.buf.get(chunk.buf_start..end).unwrap_or_default();
             if let Err(error) = file.write_all_at(bytes, chunk.start - chunk.base) {
-                return Err(self.fail(
+                return Err(self.shared.progress.fail(
                     format!(
                         "writing {} bytes to {} failed",
                         bytes.len(),
@@ -720,22 +892,31 @@ impl Writer {
                     error,
                 ));
             }
-            self.synced = false;
             self.write_at = chunk.start + (end - chunk.buf_start) as u64;
         }
         self.sequence += batch.chunks.len() as u64;
         Ok(())
     }
 
-    /// Moves writing to the segment based at `base`, sealing the current one first.
-    fn roll(&mut self, base: u64) -> Result<(), StorageError> {
-        if self.file.is_some() && !self.synced {
-            self.sync()?;
+    /// Moves writing to the segment based at `base`, sealing the current one first, so that
+    /// a later segment never holds data while an earlier one is not durable.
+    fn roll(&mut self, base: u64, next_sequence: u64) -> Result<(), StorageError> {
+        if let Some(file) = &self.file {
+            if let Err(error) = file.sync_data() {
+                return Err(self.shared.progress.fail(
+                    format!(
+                        "flushing {} before moving to the next segment failed",
+                        self.shared.segments.path(self.base).display()
+                    ),
+                    error,
+                ));
+            }
+            self.sealed_sequence = next_sequence - 1;
         }
         let file = match self.shared.segments.ensure(base) {
             Ok(file) => file,
             Err(error) => {
-                return Err(self.fail(
+                return Err(self.shared.progress.fail(
                     format!(
                         "creating segment {} failed",
                         self.shared.segments.path(base).display()
@@ -751,67 +932,167 @@ impl Writer {
         }
         Ok(())
     }
+}
 
-    fn sync(&mut self) -> Result<(), StorageError> {
-        let Some(file) = &self.file else {
-            self.synced = true;
-            return Ok(());
-        };
-        match file.sync_data() {
-            Ok(()) => {
-                self.synced = true;
-                self.last_sync = Instant::now();
-                Ok(())
+/// Whether two events to append have the same content (their ids aside).
+fn same_data(a: &EventData, b: &EventData) -> bool {
+    a.event_type == b.event_type
+        && a.payload == b.payload
+        && a.content_type == b.content_type
+        && a.metadata == b.metadata
+}
+
+/// The second pipeline stage: receives written batches and commits them.
+struct Syncer {
+    shared: Arc<Shared>,
+    committer: Arc<Mutex<Committer>>,
+    durability: Durability,
+}
+
+impl Syncer {
+    fn committer(&self) -> std::sync::MutexGuard<'_, Committer> {
+        self.committer
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn run(self, batches: &mpsc::Receiver<InFlight>) {
+        loop {
+            // In the interval mode, wake at least once an interval: the planner may have
+            // committed batches itself meanwhile.
+            let timeout = match self.durability {
+                Durability::Interval(every) => {
+                    Some(self.committer().flush_due(every).unwrap_or(every))
+                }
+                _ => None,
+            };
+            let received = match timeout {
+                Some(timeout) => batches.recv_timeout(timeout),
+                None => batches
+                    .recv()
+                    .map_err(|_| mpsc::RecvTimeoutError::Disconnected),
+            };
+            match received {
+                Ok(in_flight) => {
+                    self.committer().commit(in_flight);
+                    self.shared
+                        .progress
+                        .in_flight
+                        .fetch_sub(1, Ordering::AcqRel);
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    let _ = self.committer().flush();
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    let _ = self.committer().flush();
+                    break;
+                }
             }
-            Err(error) => Err(self.fail(
-                format!(
-                    "flushing {} failed",
-                    self.shared.segments.path(self.base).display()
-                ),
-                error,
-            )),
         }
     }
+}
 
-    /// Records a storage failure and stops the writer for good.
-    fn fail(&mut self, what: String, error: std::io::Error) -> StorageError {
-        let error = StorageError::io(what, error);
-        tracing::error!(%error, "the log writer stopped");
-        self.failed = Some(error.clone());
-        error
+/// Flushes, applies and answers written batches, in order. Used by the syncer, and by the
+/// planner when the syncer is idle.
+struct Committer {
+    shared: Arc<Shared>,
+    durability: Durability,
+    /// The segment the last batch went to (what a later flush must cover).
+    file: Option<Arc<dyn StorageFile>>,
+    /// The last frame's sequence number written but not yet flushed, in the weaker
+    /// durability modes.
+    dirty: Option<u64>,
+    last_sync: Instant,
+}
+
+impl Committer {
+    /// How long until an interval flush is due, if anything is unflushed.
+    fn flush_due(&self, every: std::time::Duration) -> Option<std::time::Duration> {
+        self.dirty
+            .map(|_| every.saturating_sub(self.last_sync.elapsed()))
     }
 
-    fn apply(&self, batch: Batch) {
-        let ends: Vec<u64> = batch
-            .chunks
-            .iter()
-            .skip(1)
-            .map(|c| c.buf_start)
-            .chain(std::iter::once(batch.buf.len()))
-            .zip(&batch.chunks)
-            .map(|(end, c)| c.start + (end - c.buf_start) as u64)
-            .collect();
+    /// Flushes the last segment written, if anything is unflushed.
+    fn flush(&mut self) -> Result<(), StorageError> {
+        let (Some(sequence), Some(file)) = (self.dirty, &self.file) else {
+            return Ok(());
+        };
+        if let Err(error) = file.sync_data() {
+            return Err(self
+                .shared
+                .progress
+                .fail("flushing the log failed".to_owned(), error));
+        }
+        self.dirty = None;
+        self.last_sync = Instant::now();
+        self.shared
+            .progress
+            .synced_sequence
+            .fetch_max(sequence, Ordering::AcqRel);
+        Ok(())
+    }
+
+    fn commit(&mut self, in_flight: InFlight) {
+        let InFlight {
+            number,
+            last_sequence,
+            frames,
+            effects,
+            file,
+            answers,
+            flush,
+        } = in_flight;
+        if let Some(error) = self.shared.progress.stopped() {
+            for (command, _) in answers {
+                command.answer(Err(error.clone()));
+            }
+            return;
+        }
+        if let Some(file) = file {
+            self.file = Some(file);
+        }
+        if let Some(sequence) = last_sequence {
+            self.dirty = Some(sequence);
+        }
+        let due = match self.durability {
+            Durability::Always => true,
+            Durability::Interval(every) => self.flush_due(every).is_some_and(|t| t.is_zero()),
+            Durability::None => false,
+        };
+        if (flush || due)
+            && let Err(error) = self.flush()
         {
+            let error = WriteError::Storage(error);
+            for (command, _) in answers {
+                command.answer(Err(error.clone()));
+            }
+            return;
+        }
+        if !frames.is_empty() {
             let mut index = self
                 .shared
                 .index
                 .write()
                 .unwrap_or_else(PoisonError::into_inner);
-            for (chunk, end) in batch.chunks.iter().zip(ends) {
-                index.add_batch(
-                    chunk.base,
-                    chunk.start,
-                    end,
-                    Segments::data_start(chunk.base),
-                );
+            for (base, start, end) in frames {
+                index.add_batch(base, start, end, Segments::data_start(base));
             }
-            for effect in &batch.effects {
+            for effect in &effects {
                 index.apply(effect);
             }
         }
         self.shared
-            .changes
-            .send_modify(|generation| *generation += 1);
+            .progress
+            .applied_batch
+            .store(number, Ordering::Release);
+        if last_sequence.is_some() {
+            self.shared
+                .changes
+                .send_modify(|generation| *generation += 1);
+        }
+        for (command, outcome) in answers {
+            command.answer(outcome);
+        }
     }
 }
 
