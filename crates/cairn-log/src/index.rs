@@ -189,12 +189,12 @@ pub(crate) fn id_key(id: Uuid) -> u64 {
 #[derive(Debug, Default)]
 pub(crate) struct Index {
     names: HashMap<StreamName, u32>,
-    streams: Vec<StreamEntry>,
+    pub(crate) streams: Vec<StreamEntry>,
     /// Event id key → position. Keys are 64 bits of a 128-bit id, so a hit is only a
     /// candidate: the caller checks the id recorded there.
-    ids: PremixedMap<u64>,
+    pub(crate) ids: PremixedMap<u64>,
     /// Ids whose key was already taken by another id: id → position.
-    id_overflow: HashMap<Uuid, u64>,
+    pub(crate) id_overflow: HashMap<Uuid, u64>,
     /// How many streams may hide some of their events.
     restricted: usize,
     /// The stream the last effect touched, to skip the name lookup for runs of events of
@@ -208,6 +208,8 @@ pub(crate) struct Index {
     pub(crate) head: Option<Position>,
     /// The sequence number the next batch gets.
     pub(crate) next_sequence: u64,
+    /// The global start and the sequence number of the last batch.
+    pub(crate) last_batch: Option<(u64, u64)>,
 }
 
 impl Index {
@@ -338,7 +340,21 @@ impl Index {
             .or_insert_with(|| SegmentMap::new(data_start))
             .add_batch(start - base, end - base);
         self.end = end;
+        self.last_batch = Some((start, self.next_sequence));
         self.next_sequence += 1;
+    }
+
+    /// Rebuilds the derived lookups (names, restricted count) after `streams` was filled
+    /// directly, as loading a snapshot does.
+    pub(crate) fn rebuild_lookups(&mut self) {
+        self.names = self
+            .streams
+            .iter()
+            .enumerate()
+            .map(|(id, entry)| (entry.name.clone(), u32::try_from(id).unwrap_or(u32::MAX)))
+            .collect();
+        self.restricted = self.streams.iter().filter(|e| e.is_restricted()).count();
+        self.last_touched = None;
     }
 }
 

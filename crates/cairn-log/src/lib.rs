@@ -44,6 +44,7 @@ mod options;
 mod recovery;
 mod scan;
 mod segments;
+mod snapshot;
 pub mod storage;
 mod store;
 mod writer;

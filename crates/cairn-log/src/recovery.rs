@@ -69,8 +69,12 @@ struct Later {
     flags: u32,
 }
 
-/// Opens the segment files and replays them into a fresh index.
-pub(crate) fn recover(segments: &Segments) -> Result<Recovered, OpenError> {
+/// Opens the segment files and replays them into the index: the snapshot's, when one
+/// checks out, from where it ends; a fresh one from the start otherwise.
+pub(crate) fn recover(
+    segments: &Segments,
+    data_dir: &std::path::Path,
+) -> Result<Recovered, OpenError> {
     let dir = segments.dir().to_path_buf();
     let (bases, leftovers) = segments.list().map_err(|e| OpenError::io(&dir, e))?;
     for leftover in leftovers {
@@ -84,12 +88,23 @@ pub(crate) fn recover(segments: &Segments) -> Result<Recovered, OpenError> {
     for base in bases {
         files.push(open_segment(segments, base)?);
     }
-    let mut index = Index::new();
-    let mut write_at = Segments::data_start(0);
-    let mut number = 0;
+    let (mut index, resume_at) =
+        match crate::snapshot::load(segments.storage().as_ref(), data_dir, segments) {
+            Some(index) => {
+                let end = index.end;
+                (index, end)
+            }
+            None => (Index::new(), 0),
+        };
+    let mut write_at = resume_at.max(Segments::data_start(0));
+    let mut number = files
+        .iter()
+        .position(|f| f.base + segments.size() > resume_at)
+        .unwrap_or(files.len());
     while let Some(segment) = files.get(number) {
         let segment_end = segment.base + segments.size();
-        match replay_segment(segments, segment, &mut index)? {
+        let from = resume_at.max(Segments::data_start(segment.base));
+        match replay_segment(segments, segment, from, &mut index)? {
             None => {
                 // The segment's batches ran to its end.
                 write_at = segment_end;
@@ -186,15 +201,16 @@ fn read(
     Ok(buf)
 }
 
-/// Replays the segment's batches into the index, stopping at the first that does not
-/// check. `None` when every batch up to the end of the segment checked.
+/// Replays the segment's batches from global offset `from` into the index, stopping at the
+/// first that does not check. `None` when every batch up to the end of the segment checked.
 fn replay_segment(
     segments: &Segments,
     segment: &SegmentFile,
+    from: u64,
     index: &mut Index,
 ) -> Result<Option<Damage>, OpenError> {
     let segment_end = segment.base + segments.size();
-    let mut at = Segments::data_start(segment.base);
+    let mut at = from;
     let mut buf: Vec<u8> = Vec::new();
     let mut buf_start = at;
     while at + BATCH_HEADER_LEN as u64 <= segment_end {

@@ -54,17 +54,38 @@ struct Inner {
     lock: Option<Box<dyn Any + Send + Sync>>,
 }
 
+impl Inner {
+    /// Stops the writer (finishing what is queued) and, unless it failed, writes the index
+    /// snapshot for a fast next open. Idempotent.
+    fn shut_down(&self) {
+        self.shared.queue.close();
+        let writer = self
+            .writer
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        let Some(writer) = writer else {
+            return;
+        };
+        let _ = writer.join();
+        if self.temporary || self.shared.progress.failed() {
+            return;
+        }
+        let index = self
+            .shared
+            .index
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
+        let storage = self.shared.segments.storage();
+        if let Err(error) = crate::snapshot::write(storage.as_ref(), &self.dir, &index) {
+            tracing::warn!(%error, dir = %self.dir.display(), "writing the index snapshot failed");
+        }
+    }
+}
+
 impl Drop for Inner {
     fn drop(&mut self) {
-        self.shared.queue.close();
-        if let Some(writer) = self
-            .writer
-            .get_mut()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take()
-        {
-            let _ = writer.join();
-        }
+        self.shut_down();
         drop(self.lock.take());
         if self.temporary {
             let _ = std::fs::remove_dir_all(&self.dir);
@@ -137,7 +158,7 @@ impl LogStore {
             options.segment_size,
             options.preallocation,
         );
-        let recovered = recover(&segments)?;
+        let recovered = recover(&segments, &dir)?;
         let (changes, _) = watch::channel(0);
         let shared = Arc::new(Shared {
             index: std::sync::RwLock::new(recovered.index),
@@ -191,16 +212,8 @@ impl LogStore {
     /// [`WriteError::Storage`] when the final flush failed.
     pub async fn close(&self) -> Result<(), WriteError> {
         let flushed = self.flush().await;
-        self.inner.shared.queue.close();
-        let writer = self
-            .inner
-            .writer
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take();
-        if let Some(writer) = writer {
-            let _ = tokio::task::spawn_blocking(move || writer.join()).await;
-        }
+        let inner = Arc::clone(&self.inner);
+        let _ = tokio::task::spawn_blocking(move || inner.shut_down()).await;
         match flushed {
             Err(WriteError::Storage(error)) if error.kind() == StorageErrorKind::Stopped => Ok(()),
             other => other,

@@ -78,6 +78,11 @@ impl Progress {
         }
     }
 
+    /// Whether the writer stopped after a storage failure.
+    pub(crate) fn failed(&self) -> bool {
+        self.failure().is_some()
+    }
+
     fn failure(&self) -> Option<StorageError> {
         self.failure
             .lock()

@@ -9,11 +9,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use cairn_core::{
-    EventData, EventStore, ExpectedRevision, Position, ReadAll, ReadStream, RecordedEvent,
-    Revision, StorageErrorKind, StreamAppend, StreamName, Uuid, WriteError,
+    EventData, EventStore, ExpectedRevision, Position, ReadAll, ReadError, ReadStream,
+    RecordedEvent, Revision, StorageErrorKind, StreamAppend, StreamName, Uuid, WriteError,
 };
 use cairn_log::faulty::FaultyStorage;
-use cairn_log::{Durability, LogOptions, LogStore, OpenError};
+use cairn_log::{Durability, LogOptions, LogStore, OpenError, Storage};
 use rand::prelude::*;
 
 fn name(text: &str) -> StreamName {
@@ -72,8 +72,9 @@ async fn everything(store: &LogStore) -> Vec<RecordedEvent> {
             }
         }
         let revisions: Vec<u64> = read.iter().map(|e| e.revision.0).collect();
-        let expected: Vec<u64> = (0..revisions.len() as u64).collect();
-        assert_eq!(revisions, expected, "stream {stream} is gapless from 0");
+        let first = revisions.first().copied().unwrap_or(0);
+        let expected: Vec<u64> = (first..first + revisions.len() as u64).collect();
+        assert_eq!(revisions, expected, "stream {stream} is gapless");
         let ids: Vec<Uuid> = read.iter().map(|e| e.id).collect();
         let all_ids: Vec<Uuid> = in_all.iter().map(|e| e.id).collect();
         assert_eq!(ids, all_ids, "stream {stream} and $all agree");
@@ -332,6 +333,14 @@ async fn three_batches(storage: &FaultyStorage) -> Vec<EventData> {
     written
 }
 
+/// Deletes the index snapshot a clean close wrote, as if the store had crashed instead: the
+/// next open then replays (and checks) the whole log.
+fn forget_snapshot(storage: &FaultyStorage) {
+    storage
+        .remove_file(Path::new("/data/index/snapshot"))
+        .expect("a clean close wrote a snapshot");
+}
+
 fn first_segment(storage: &FaultyStorage) -> PathBuf {
     storage
         .files()
@@ -359,6 +368,26 @@ async fn damage_in_the_middle_stops_open_naming_file_and_offset() {
     let damaged_at = events[1].position.0 as usize + 80;
     bytes[damaged_at] ^= 0x40;
     storage.overwrite(&segment, bytes).expect("overwrites");
+
+    // After a clean close the snapshot spares the replay: the damage shows when read.
+    {
+        let store = LogStore::open("/data", faulty_options(&storage)).expect("opens");
+        let read = store.read_stream(&name("s"), ReadStream::forwards()).await;
+        match read {
+            Err(ReadError::Storage(error)) => {
+                assert_eq!(error.kind(), StorageErrorKind::Corruption);
+                let offset = events[1].position.0.to_string();
+                assert!(
+                    error.message().contains("00000000000000000000.seg")
+                        && error.message().contains(&offset),
+                    "names the file and offset: {error}"
+                );
+            }
+            other => panic!("expected a corruption error, got {other:?}"),
+        }
+    }
+    // After a crash the replay finds it and refuses to open.
+    forget_snapshot(&storage);
     match LogStore::open("/data", faulty_options(&storage)) {
         Err(OpenError::Corrupt { file, offset, .. }) => {
             assert_eq!(file, segment);
@@ -388,6 +417,7 @@ async fn a_torn_tail_is_cut_and_the_log_continues() {
     }
     bytes[end - 20] = 0xAB;
     storage.overwrite(&segment, bytes).expect("overwrites");
+    forget_snapshot(&storage);
     let store = LogStore::open("/data", faulty_options(&storage)).expect("a torn tail opens");
     let recovered = everything(&store).await;
     let ids: Vec<Uuid> = recovered.iter().map(|e| e.id).collect();
@@ -453,6 +483,10 @@ async fn bit_flips_and_truncations_never_panic_or_serve_a_wrong_event() {
             }
         }
         damaged.overwrite(segment, bytes).expect("overwrites");
+        if trial % 2 == 0 {
+            // Half the trials as after a crash: the whole log is replayed and checked.
+            let _ = damaged.remove_file(Path::new("/data/index/snapshot"));
+        }
         let store = match LogStore::open("/data", faulty_options(&damaged)) {
             Ok(store) => store,
             Err(OpenError::Corrupt { .. }) => {
@@ -656,4 +690,74 @@ async fn weaker_durability_modes_acknowledge_and_flush_on_close() {
         drop(store);
         let _ = std::fs::remove_dir_all(&root);
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_open_sees_exactly_what_a_full_replay_sees() {
+    let storage = FaultyStorage::new(31);
+    {
+        let store = LogStore::open("/data", faulty_options(&storage)).expect("opens");
+        let attempts = random_history(&store, 99, 4, 40).await;
+        check_against(&store, &attempts).await;
+        store
+            .set_stream_metadata(
+                &name("s-1"),
+                cairn_core::StreamMetadata::default().with_max_count(2),
+            )
+            .await
+            .expect("metadata");
+        store
+            .delete_stream(&name("s-2"), ExpectedRevision::Any)
+            .await
+            .expect("delete");
+        store
+            .tombstone_stream(&name("s-3"), ExpectedRevision::Any)
+            .await
+            .expect("tombstone");
+        store.close().await.expect("closes");
+    }
+    let snapshot = Path::new("/data/index/snapshot");
+    assert!(
+        storage.contents(snapshot).is_some(),
+        "a clean close writes a snapshot"
+    );
+    let from_snapshot = {
+        let store = LogStore::open("/data", faulty_options(&storage)).expect("opens");
+        // Appended after the snapshot: the next open replays only this tail.
+        store
+            .append(
+                &name("s-4"),
+                ExpectedRevision::Any,
+                vec![EventData::new("T", &b"tail"[..])],
+            )
+            .await
+            .expect("appends");
+        let infos = store.list_streams(None, 100).await.expect("lists");
+        (everything(&store).await, infos)
+    };
+    storage.power_cut();
+    let after_crash = {
+        let store = LogStore::open("/data", faulty_options(&storage)).expect("reopens");
+        (
+            everything(&store).await,
+            store.list_streams(None, 100).await.expect("lists"),
+        )
+    };
+    forget_snapshot(&storage);
+    let full_replay = {
+        let store = LogStore::open("/data", faulty_options(&storage)).expect("reopens");
+        (
+            everything(&store).await,
+            store.list_streams(None, 100).await.expect("lists"),
+        )
+    };
+    assert_eq!(
+        after_crash, full_replay,
+        "snapshot plus tail equals a full replay"
+    );
+    assert_eq!(from_snapshot.0, full_replay.0);
+    assert_eq!(
+        from_snapshot.1, full_replay.1,
+        "stream states and metadata survive the snapshot"
+    );
 }
