@@ -24,6 +24,9 @@ pub(crate) const PRIOR_DURABLE: u32 = 1;
 /// Batch flag: everything written before the batch preceding this one was durable when this
 /// one was written (the writer flushes one batch while it writes the next).
 pub(crate) const PRIOR_BUT_ONE_DURABLE: u32 = 2;
+/// Batch flag: a gap frame, which stands for `count` consecutive batches a scavenge removed
+/// entirely; it holds one removed record.
+pub(crate) const GAP: u32 = 4;
 
 /// The length of every record's common header (crc, length, kind, flags, stream length).
 const RECORD_PREFIX_LEN: usize = 12;
@@ -37,6 +40,9 @@ const KIND_EVENT: u8 = 1;
 const KIND_METADATA: u8 = 2;
 const KIND_DELETE: u8 = 3;
 const KIND_TOMBSTONE: u8 = 4;
+const KIND_REMOVED: u8 = 5;
+/// The fixed part of a removed record, before its summary.
+const REMOVED_FIXED_LEN: usize = 16;
 
 const HAS_MAX_COUNT: u8 = 1;
 const HAS_MAX_AGE: u8 = 2;
@@ -345,15 +351,86 @@ fn seal_record(buf: &mut [u8], start: usize) {
 
 /// The length of the record at the start of `bytes`, checked against its checksum.
 pub(crate) fn checked_record_len(bytes: &[u8]) -> Result<usize, FormatError> {
-    let len = u32_at(bytes, 4)? as usize;
-    if len < RECORD_PREFIX_LEN {
-        return Err(FormatError::Length);
-    }
-    let record = bytes.get(..len).ok_or(FormatError::Truncated)?;
+    let (len, checked) = record_extent(bytes)?;
+    let record = bytes.get(..checked).ok_or(FormatError::Truncated)?;
     if crc(record.get(4..).unwrap_or_default()) != u32_at(record, 0)? {
         return Err(FormatError::Checksum);
     }
     Ok(len)
+}
+
+/// The length of the record at the start of `bytes`, and how many of its bytes its checksum
+/// covers (all of them, except for a removed record: only its header and summary, the rest
+/// being a hole). Needs the first 16 bytes of the record.
+pub(crate) fn record_extent(bytes: &[u8]) -> Result<(usize, usize), FormatError> {
+    let len = u32_at(bytes, 4)? as usize;
+    if len < RECORD_PREFIX_LEN {
+        return Err(FormatError::Length);
+    }
+    if bytes.get(8) == Some(&KIND_REMOVED) {
+        let summary = u32_at(bytes, 12)? as usize;
+        let checked = REMOVED_FIXED_LEN
+            .checked_add(summary)
+            .filter(|&c| c <= len)
+            .ok_or(FormatError::Length)?;
+        return Ok((len, checked));
+    }
+    Ok((len, len))
+}
+
+/// Appends a removed record: it stands for `len` bytes of records a scavenge removed, and
+/// says, for each stream they belonged to, the last revision removed.
+pub(crate) fn encode_removed(buf: &mut Vec<u8>, len: u32, summary: &[(&str, Revision)]) {
+    let start = buf.len();
+    put_u32(buf, 0);
+    put_u32(buf, len);
+    buf.push(KIND_REMOVED);
+    buf.push(0);
+    put_u16(buf, 0);
+    put_u32(buf, 0); // summary length, filled in below
+    for (stream, revision) in summary {
+        put_u16(buf, text_len(stream));
+        buf.extend_from_slice(stream.as_bytes());
+        put_u64(buf, revision.0);
+    }
+    let summary_len = u32::try_from(buf.len() - start - REMOVED_FIXED_LEN).unwrap_or(u32::MAX);
+    if let Some(slot) = buf.get_mut(start + 12..start + 16) {
+        slot.copy_from_slice(&summary_len.to_le_bytes());
+    }
+    let checksum = crc(buf.get(start + 4..).unwrap_or_default());
+    if let Some(slot) = buf.get_mut(start..start + 4) {
+        slot.copy_from_slice(&checksum.to_le_bytes());
+    }
+}
+
+/// The batch header `header` with its record count replaced by `count` (and its checksum
+/// recomputed).
+pub(crate) fn reencode_batch_header(header: &[u8], count: u32) -> Vec<u8> {
+    let mut bytes = header.get(..BATCH_HEADER_LEN).unwrap_or_default().to_vec();
+    if let Some(slot) = bytes.get_mut(12..16) {
+        slot.copy_from_slice(&count.to_le_bytes());
+    }
+    let checksum = crc(bytes.get(4..).unwrap_or_default());
+    if let Some(slot) = bytes.get_mut(0..4) {
+        slot.copy_from_slice(&checksum.to_le_bytes());
+    }
+    bytes
+}
+
+/// Encodes the header of a gap frame of `len` bytes standing for `count` batches from
+/// `sequence` on.
+pub(crate) fn encode_gap_header(len: u32, count: u32, sequence: u64) -> Vec<u8> {
+    let mut header = Vec::with_capacity(BATCH_HEADER_LEN);
+    put_u32(&mut header, 0);
+    put_u32(&mut header, BATCH_MAGIC);
+    put_u32(&mut header, len);
+    put_u32(&mut header, count);
+    put_u64(&mut header, sequence);
+    put_u32(&mut header, GAP | PRIOR_DURABLE | PRIOR_BUT_ONE_DURABLE);
+    put_u32(&mut header, 0);
+    let checksum = crc(header.get(4..).unwrap_or_default());
+    header.splice(0..4, checksum.to_le_bytes());
+    header
 }
 
 /// A record decoded in place: text borrowed from the buffer, the payload as a range of it.
@@ -371,6 +448,10 @@ pub(crate) enum Record<'a> {
     Tombstone {
         stream: &'a str,
     },
+    /// Records a scavenge removed: for each stream, the last revision removed.
+    Removed {
+        summary: Vec<(&'a str, Revision)>,
+    },
 }
 
 /// An event record, borrowed.
@@ -387,17 +468,6 @@ pub(crate) struct EventView<'a> {
     pub(crate) payload: std::ops::Range<usize>,
 }
 
-impl Record<'_> {
-    pub(crate) fn stream(&self) -> &str {
-        match self {
-            Record::Event(event) => event.stream,
-            Record::Metadata { stream, .. }
-            | Record::Delete { stream, .. }
-            | Record::Tombstone { stream } => stream,
-        }
-    }
-}
-
 fn text(bytes: &[u8], range: std::ops::Range<usize>) -> Result<&str, FormatError> {
     let raw = bytes.get(range).ok_or(FormatError::Truncated)?;
     std::str::from_utf8(raw).map_err(|_| FormatError::Utf8)
@@ -410,6 +480,13 @@ pub(crate) fn decode_record(
     offset: usize,
     len: usize,
 ) -> Result<Record<'_>, FormatError> {
+    if buf.get(offset + 8) == Some(&KIND_REMOVED) {
+        let (_, checked) = record_extent(buf.get(offset..).unwrap_or_default())?;
+        let record = buf
+            .get(offset..offset + checked)
+            .ok_or(FormatError::Truncated)?;
+        return decode_removed(record);
+    }
     let record = buf
         .get(offset..offset + len)
         .ok_or(FormatError::Truncated)?;
@@ -475,6 +552,22 @@ pub(crate) fn decode_record(
         }),
         _ => Ok(Record::Tombstone { stream }),
     }
+}
+
+fn decode_removed(record: &[u8]) -> Result<Record<'_>, FormatError> {
+    let mut summary = Vec::new();
+    let mut at = REMOVED_FIXED_LEN;
+    while at < record.len() {
+        let len = usize::from(u16_at(record, at)?);
+        let stream = text(record, at + 2..at + 2 + len)?;
+        let revision = Revision(u64_at(record, at + 2 + len)?);
+        summary.push((stream, revision));
+        at += 10 + len;
+    }
+    if at != record.len() {
+        return Err(FormatError::Length);
+    }
+    Ok(Record::Removed { summary })
 }
 
 impl EventView<'_> {

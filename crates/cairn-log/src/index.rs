@@ -13,6 +13,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::hash::{BuildHasherDefault, Hasher};
 
+use crate::segments::Segments;
 use cairn_core::{
     Position, Revision, StreamMetadata, StreamName, StreamState, Timestamp, Uuid, Visibility,
 };
@@ -40,7 +41,16 @@ pub(crate) enum Effect {
     Tombstone {
         stream: StreamName,
     },
+    /// A scavenge removed events of `stream` up to `last_removed`; revisions continue
+    /// after it.
+    Removed {
+        stream: StreamName,
+        last_removed: Revision,
+    },
 }
+
+/// The position recorded for a revision a scavenge removed.
+pub(crate) const REMOVED: u64 = u64::MAX;
 
 /// A stream's lifecycle.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -246,6 +256,39 @@ impl Index {
         self.ids.get(&id_key(id)).copied()
     }
 
+    /// Forgets the event at `revision` of `stream`, whose id is `id` and which was recorded
+    /// at `position`: a scavenge removed it.
+    pub(crate) fn forget_event(
+        &mut self,
+        stream: &str,
+        revision: Revision,
+        id: Uuid,
+        position: u64,
+    ) {
+        if let Some(&number) = self.names.get(stream)
+            && let Some(entry) = self.streams.get_mut(number as usize)
+            && let Some(slot) = usize::try_from(revision.0)
+                .ok()
+                .and_then(|r| entry.positions.get_mut(r))
+            && *slot == position
+        {
+            *slot = REMOVED;
+        }
+        self.forget_id(id, position);
+    }
+
+    /// Forgets event `id`, recorded at `position`.
+    fn forget_id(&mut self, id: Uuid, position: u64) {
+        if self.id_overflow.get(&id) == Some(&position) {
+            self.id_overflow.remove(&id);
+            return;
+        }
+        let key = id_key(id);
+        if self.ids.get(&key) == Some(&position) {
+            self.ids.remove(&key);
+        }
+    }
+
     /// Streams in name order after `after`, at most `limit`.
     pub(crate) fn list(&self, after: Option<&str>, limit: usize) -> Vec<&StreamEntry> {
         let mut entries: Vec<&StreamEntry> = self
@@ -287,7 +330,8 @@ impl Index {
             Effect::Event { stream, .. }
             | Effect::Metadata { stream, .. }
             | Effect::Delete { stream, .. }
-            | Effect::Tombstone { stream } => stream.clone(),
+            | Effect::Tombstone { stream }
+            | Effect::Removed { stream, .. } => stream.clone(),
         };
         let entry = self.entry_mut(&name);
         let was_restricted = entry.is_restricted();
@@ -312,6 +356,12 @@ impl Index {
                 entry.deleted_before = Some(*deleted_before);
             }
             Effect::Tombstone { .. } => entry.lifecycle = Lifecycle::Tombstoned,
+            Effect::Removed { last_removed, .. } => {
+                let count = usize::try_from(last_removed.0.saturating_add(1)).unwrap_or(usize::MAX);
+                if entry.positions.len() < count {
+                    entry.positions.resize(count, REMOVED);
+                }
+            }
         }
         let is_restricted = entry.is_restricted();
         if is_restricted && !was_restricted {
@@ -333,15 +383,16 @@ impl Index {
         }
     }
 
-    /// Records a durable batch at global `[start, end)` of the segment based at `base`.
-    pub(crate) fn add_batch(&mut self, base: u64, start: u64, end: u64, data_start: u64) {
+    /// Records a durable batch frame at global `[start, end)` of the segment based at
+    /// `base`, standing for `sequences` batches (more than one for a gap frame).
+    pub(crate) fn add_batch(&mut self, base: u64, start: u64, end: u64, sequences: u64) {
         self.segments
             .entry(base)
-            .or_insert_with(|| SegmentMap::new(data_start))
+            .or_insert_with(|| SegmentMap::new(Segments::data_start(base)))
             .add_batch(start - base, end - base);
         self.end = end;
         self.last_batch = Some((start, self.next_sequence));
-        self.next_sequence += 1;
+        self.next_sequence += sequences;
     }
 
     /// Rebuilds the derived lookups (names, restricted count) after `streams` was filled

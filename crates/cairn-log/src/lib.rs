@@ -43,6 +43,7 @@ mod index;
 mod options;
 mod recovery;
 mod scan;
+mod scavenge;
 mod segments;
 mod snapshot;
 pub mod storage;
@@ -52,6 +53,7 @@ mod writer;
 pub use options::{
     DEFAULT_SEGMENT_SIZE, Durability, LogOptions, MIN_SEGMENT_SIZE, OpenError, ParseDurabilityError,
 };
+pub use scavenge::ScavengeReport;
 pub use segments::Preallocation;
 pub use storage::{OpenMode, OsStorage, Storage, StorageFile};
 pub use store::LogStore;

@@ -24,9 +24,9 @@ use std::path::PathBuf;
 use cairn_core::{Position, StreamName};
 
 use crate::format::{
-    BATCH_HEADER_LEN, BATCH_MAGIC, FormatError, PRIOR_BUT_ONE_DURABLE, PRIOR_DURABLE, Record,
+    BATCH_HEADER_LEN, BATCH_MAGIC, FormatError, GAP, PRIOR_BUT_ONE_DURABLE, PRIOR_DURABLE, Record,
     SEGMENT_HEADER_LEN, checked_record_len, decode_batch_header, decode_record,
-    decode_segment_header, is_unwritten,
+    decode_segment_header, is_unwritten, record_extent,
 };
 use crate::index::{Effect, Index};
 use crate::options::OpenError;
@@ -245,12 +245,25 @@ fn replay_segment(
         if batch_end > segment_end {
             return damaged(at, FormatError::Length);
         }
-        if batch_end > buf_start + buf.len() as u64 {
-            buf = read(segments, segment, at, (header.len as usize).max(READ_CHUNK))?;
+        // A gap frame is mostly a hole: read only its header and its one removed record's
+        // header and summary.
+        let wanted = if header.flags & GAP != 0 {
+            let first = read(segments, segment, at, BATCH_HEADER_LEN + 16)?;
+            match first.get(BATCH_HEADER_LEN..).map(record_extent) {
+                Some(Ok((_, checked))) => BATCH_HEADER_LEN + checked,
+                Some(Err(reason)) => return damaged(at + BATCH_HEADER_LEN as u64, reason),
+                None => return damaged(at, FormatError::Truncated),
+            }
+        } else {
+            header.len as usize
+        };
+        if at + wanted as u64 > buf_start + buf.len() as u64 {
+            buf = read(segments, segment, at, wanted.max(READ_CHUNK))?;
             buf_start = at;
         }
-        let batch = slice(&buf, buf_start, at, header.len as usize);
+        let batch = slice(&buf, buf_start, at, wanted);
         let mut effects = Vec::with_capacity(header.count as usize);
+        let mut records = 0u64;
         let mut next_revisions = HashMap::new();
         let mut offset = BATCH_HEADER_LEN;
         while offset < batch.len() {
@@ -263,25 +276,26 @@ fn replay_segment(
                 Ok(len) => len,
                 Err(reason) => return damaged(record_at, reason),
             };
-            let effect = match decode_record(batch, offset, len) {
-                Ok(record) => effect_of(index, &mut next_revisions, record_at, &record),
+            let decoded = match decode_record(batch, offset, len) {
+                Ok(record) => effects_of(index, &mut next_revisions, record_at, &record),
                 Err(reason) => Err(reason),
             };
-            match effect {
-                Ok(effect) => effects.push(effect),
+            match decoded {
+                Ok(more) => effects.extend(more),
                 Err(reason) => return damaged(record_at, reason),
             }
+            records += 1;
             offset += len;
         }
-        if effects.len() != header.count as usize {
+        let (expected_records, sequences) = if header.flags & GAP != 0 {
+            (1, u64::from(header.count))
+        } else {
+            (u64::from(header.count), 1)
+        };
+        if records != expected_records || at + offset as u64 != batch_end {
             return damaged(at, FormatError::Length);
         }
-        index.add_batch(
-            segment.base,
-            at,
-            batch_end,
-            Segments::data_start(segment.base),
-        );
+        index.add_batch(segment.base, at, batch_end, sequences);
         for effect in &effects {
             index.apply(effect);
         }
@@ -297,45 +311,72 @@ fn slice(buf: &[u8], buf_start: u64, at: u64, len: usize) -> &[u8] {
         .unwrap_or_default()
 }
 
-/// The index change a record at global offset `at` makes, checked for consistency with
+/// The index changes a record at global offset `at` makes, checked for consistency with
 /// the index and with the earlier records of its batch (`next`: each stream's next revision
 /// as those records leave it).
-fn effect_of(
+fn effects_of(
     index: &Index,
     next: &mut HashMap<StreamName, u64>,
     at: u64,
     record: &Record<'_>,
-) -> Result<Effect, FormatError> {
-    let name = record.stream();
-    let stream = match index.stream(name) {
-        Some(entry) => entry.name.clone(),
-        None => StreamName::new(name).map_err(|_| FormatError::Utf8)?,
+) -> Result<Vec<Effect>, FormatError> {
+    let stream_name = |name: &str| match index.stream(name) {
+        Some(entry) => Ok(entry.name.clone()),
+        None => StreamName::new(name).map_err(|_| FormatError::Utf8),
     };
+    fn next_of<'n>(
+        next: &'n mut HashMap<StreamName, u64>,
+        index: &Index,
+        stream: &StreamName,
+    ) -> &'n mut u64 {
+        next.entry(stream.clone()).or_insert_with(|| {
+            index
+                .stream(stream.as_str())
+                .map_or(0, |e| e.next_revision().0)
+        })
+    }
     Ok(match record {
         Record::Event(view) => {
-            let expected = next
-                .entry(stream.clone())
-                .or_insert_with(|| index.stream(name).map_or(0, |e| e.next_revision().0));
+            let stream = stream_name(view.stream)?;
+            let expected = next_of(next, index, &stream);
             if view.revision.0 != *expected {
                 return Err(FormatError::Length);
             }
             *expected += 1;
-            Effect::Event {
+            vec![Effect::Event {
                 stream,
                 revision: view.revision,
                 position: Position(at),
                 id: view.id,
-            }
+            }]
         }
-        Record::Metadata { metadata, .. } => Effect::Metadata {
-            stream,
+        Record::Metadata { stream, metadata } => vec![Effect::Metadata {
+            stream: stream_name(stream)?,
             metadata: *metadata,
-        },
-        Record::Delete { deleted_before, .. } => Effect::Delete {
+        }],
+        Record::Delete {
             stream,
+            deleted_before,
+        } => vec![Effect::Delete {
+            stream: stream_name(stream)?,
             deleted_before: *deleted_before,
-        },
-        Record::Tombstone { .. } => Effect::Tombstone { stream },
+        }],
+        Record::Tombstone { stream } => vec![Effect::Tombstone {
+            stream: stream_name(stream)?,
+        }],
+        Record::Removed { summary } => {
+            let mut effects = Vec::with_capacity(summary.len());
+            for (stream, last_removed) in summary {
+                let stream = stream_name(stream)?;
+                let expected = next_of(next, index, &stream);
+                *expected = (*expected).max(last_removed.0.saturating_add(1));
+                effects.push(Effect::Removed {
+                    stream,
+                    last_removed: *last_removed,
+                });
+            }
+            effects
+        }
     })
 }
 

@@ -5,20 +5,24 @@
 use std::io;
 use std::ops::ControlFlow;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use cairn_core::{Position, RecordedEvent, StorageError, StorageErrorKind, StreamName};
 
 use crate::format::{
     BATCH_HEADER_LEN, EventView, FormatError, Record, checked_record_len, decode_batch_header,
-    decode_record,
+    decode_record, record_extent,
 };
 use crate::segments::Segments;
+use crate::storage::StorageFile;
 
 /// How much a sequential scan reads at once.
 pub(crate) const SCAN_CHUNK: usize = 256 * 1024;
 /// How much a read of one record reads at once.
 pub(crate) const POINT_CHUNK: usize = 4096;
+/// The bytes of a record's header needed to know its extent.
+const RECORD_PREFIX: usize = 16;
 
 /// A failure to read the log.
 #[derive(Debug, thiserror::Error)]
@@ -54,6 +58,9 @@ pub(crate) struct LogReader<'a> {
     chunk_start: u64,
     chunk: Bytes,
     materializer: Materializer,
+    /// The file each segment was first read from: kept for the reader's life, so that a
+    /// scavenge replacing a segment meanwhile cannot mix two versions of it in one read.
+    pinned: Vec<(u64, Arc<dyn StorageFile>)>,
 }
 
 impl<'a> LogReader<'a> {
@@ -63,6 +70,7 @@ impl<'a> LogReader<'a> {
             chunk_start: 0,
             chunk: Bytes::new(),
             materializer: Materializer::default(),
+            pinned: Vec::new(),
         }
     }
 
@@ -88,16 +96,26 @@ impl<'a> LogReader<'a> {
         }
         let read_len = (len.max(chunk) as u64).min(limit - at) as usize;
         let mut buf = vec![0u8; read_len];
-        self.segments
-            .read_exact_at(&mut buf, at)
-            .map_err(|source| {
-                let base = self.segments.base_of(at);
-                ScanError::Io {
-                    path: self.segments.path(base),
-                    offset: at - base,
-                    source,
-                }
-            })?;
+        let base = self.segments.base_of(at);
+        let io_error = |source| ScanError::Io {
+            path: self.segments.path(base),
+            offset: at - base,
+            source,
+        };
+        let file = match self.pinned.iter().find(|(b, _)| *b == base) {
+            Some((_, file)) => Arc::clone(file),
+            None => {
+                let file = self.segments.file(base).ok_or_else(|| {
+                    io_error(std::io::Error::new(
+                        std::io::ErrorKind::NotFound,
+                        "no segment holds this offset",
+                    ))
+                })?;
+                self.pinned.push((base, Arc::clone(&file)));
+                file
+            }
+        };
+        file.read_exact_at(&mut buf, at - base).map_err(io_error)?;
         self.chunk = Bytes::from(buf);
         self.chunk_start = at;
         Ok(0)
@@ -144,15 +162,18 @@ impl<'a> LogReader<'a> {
         Ok(at)
     }
 
-    /// Loads the record at `at`, checks it and returns its length.
+    /// Loads the record at `at` (for a removed record, only its header and summary: the
+    /// rest is a hole), checks it and returns its length.
     fn record_len(&mut self, at: u64, limit: u64, chunk: usize) -> Result<usize, ScanError> {
-        let start = self.load(at, 8, limit, chunk)?;
-        let header = self.chunk.get(start..start + 8).unwrap_or_default();
-        let claimed = header
-            .get(4..8)
-            .and_then(|raw| raw.try_into().ok())
-            .map_or(0, u32::from_le_bytes) as usize;
-        let start = self.load(at, claimed.max(8), limit, chunk)?;
+        let prefix = RECORD_PREFIX.min((limit - at.min(limit)) as usize).max(8);
+        let start = self.load(at, prefix, limit, chunk)?;
+        let (_, checked) = self
+            .chunk
+            .get(start..)
+            .ok_or(FormatError::Truncated)
+            .and_then(record_extent)
+            .map_err(|reason| self.corrupt(at, reason))?;
+        let start = self.load(at, checked, limit, chunk)?;
         self.chunk
             .get(start..)
             .ok_or(FormatError::Truncated)
@@ -163,11 +184,13 @@ impl<'a> LogReader<'a> {
     /// Reads the event recorded at `position`, checking its checksum. `readable_end` is
     /// the end of the log as the caller's index snapshot knows it: nothing past it is read,
     /// so the chunk cache never holds bytes that were not yet written when it was filled.
+    ///
+    /// `None` when a scavenge removed the event.
     pub(crate) fn read_event(
         &mut self,
         position: u64,
         readable_end: u64,
-    ) -> Result<RecordedEvent, ScanError> {
+    ) -> Result<Option<RecordedEvent>, ScanError> {
         let limit = (self.segments.base_of(position) + self.segments.size()).min(readable_end);
         let len = self.record_len(position, limit, POINT_CHUNK)?;
         let start = (position - self.chunk_start) as usize;
@@ -175,7 +198,9 @@ impl<'a> LogReader<'a> {
         match decode_record(&chunk, start, len).map_err(|r| self.corrupt(position, r))? {
             Record::Event(view) => self
                 .materializer
-                .event(self.segments, position, &view, &chunk),
+                .event(self.segments, position, &view, &chunk)
+                .map(Some),
+            Record::Removed { .. } => Ok(None),
             _ => Err(self.corrupt(position, FormatError::Kind(0))),
         }
     }

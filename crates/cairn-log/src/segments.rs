@@ -32,6 +32,8 @@ const SUFFIX: &str = ".seg";
 const TEMP_SUFFIX: &str = ".seg.tmp";
 /// A segment being zero-filled ahead of time.
 const ZEROING_SUFFIX: &str = ".seg.zeroing";
+/// A segment being rewritten by a scavenge.
+const SCAVENGE_SUFFIX: &str = ".seg.scavenge";
 /// How much the zero-filler writes (and flushes) at a time.
 const ZERO_STEP: usize = 1 << 20;
 
@@ -98,7 +100,10 @@ impl Segments {
         let mut bases = Vec::new();
         let mut leftovers = Vec::new();
         for name in self.storage.list_dir(&self.dir)? {
-            if name.ends_with(TEMP_SUFFIX) || name.ends_with(ZEROING_SUFFIX) {
+            if name.ends_with(TEMP_SUFFIX)
+                || name.ends_with(ZEROING_SUFFIX)
+                || name.ends_with(SCAVENGE_SUFFIX)
+            {
                 leftovers.push(name);
             } else if let Some(stem) = name.strip_suffix(SUFFIX)
                 && let Ok(base) = stem.parse::<u64>()

@@ -320,6 +320,16 @@ pub(crate) fn write(storage: &dyn Storage, dir: &Path, index: &Index) -> std::io
     storage.sync_dir(&index_dir)
 }
 
+/// Deletes the snapshot, if any (for example once the log it describes was rewritten), and
+/// makes the deletion durable.
+pub(crate) fn remove(storage: &dyn Storage, dir: &Path) -> std::io::Result<()> {
+    match storage.remove_file(&path(dir)) {
+        Ok(()) => storage.sync_dir(&dir.join("index")),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(error) => Err(error),
+    }
+}
+
 /// Loads the snapshot of the store in `dir`, if there is one that checks out against the
 /// log in `segments` (whose files must be registered already). `None` means: replay the
 /// whole log.
@@ -360,7 +370,7 @@ mod tests {
     fn a_snapshot_round_trips_the_whole_index() {
         let mut index = Index::new();
         let name = |s: &str| StreamName::new(s).unwrap();
-        index.add_batch(0, 64, 5000, 64);
+        index.add_batch(0, 64, 5000, 1);
         for (n, stream) in ["a", "b", "a", "c"].iter().enumerate() {
             let revision = index
                 .stream(stream)

@@ -20,10 +20,11 @@ use futures::future::BoxFuture;
 use tokio::sync::{oneshot, watch};
 
 use crate::format::{FORMAT_VERSION, Record};
-use crate::index::Index;
+use crate::index::{Index, REMOVED};
 use crate::options::{Durability, LogOptions, OpenError};
 use crate::recovery::recover;
 use crate::scan::{LogReader, Materializer, ScanError};
+use crate::scavenge::ScavengeReport;
 use crate::segments::Segments;
 use crate::storage::{OpenMode, Storage};
 use crate::writer::{Command, LifecycleChange, Progress, Queue, Shared, spawn};
@@ -218,6 +219,27 @@ impl LogStore {
             Err(WriteError::Storage(error)) if error.kind() == StorageErrorKind::Stopped => Ok(()),
             other => other,
         }
+    }
+
+    /// Reclaims the space of events that retention, soft deletes and tombstones hide, in
+    /// the segments the writer has moved past, while the store keeps serving. Live events
+    /// keep their positions. Events it removes are forgotten entirely: an append retried
+    /// with their ids is no longer recognised as a retry.
+    ///
+    /// # Errors
+    ///
+    /// [`StorageError`] when reading or rewriting a segment failed; segments already
+    /// rewritten stay rewritten, the others are untouched.
+    pub async fn scavenge(&self) -> Result<ScavengeReport, StorageError> {
+        let inner = Arc::clone(&self.inner);
+        tokio::task::spawn_blocking(move || crate::scavenge::scavenge(&inner.shared, &inner.dir))
+            .await
+            .map_err(|e| {
+                StorageError::new(
+                    StorageErrorKind::Other,
+                    format!("the scavenge panicked: {e}"),
+                )
+            })?
     }
 
     fn shared(&self) -> &Shared {
@@ -564,9 +586,16 @@ impl EventStore for LogStore {
             };
             let shown = visibility.unwrap_or_else(Visibility::everything);
             for (revision, position) in candidates {
-                let event = reader
+                if position == REMOVED {
+                    continue;
+                }
+                let Some(event) = reader
                     .read_event(position, readable_end)
-                    .map_err(read_error)?;
+                    .map_err(read_error)?
+                else {
+                    // A scavenge removed it (it was hidden when it did).
+                    continue;
+                };
                 if event.revision.0 != revision || event.stream != *stream {
                     return Err(ReadError::Storage(StorageError::new(
                         StorageErrorKind::Corruption,

@@ -631,7 +631,7 @@ impl Planner {
                 let recorded = LogReader::new(&self.shared.segments)
                     .read_event(pending.position, self.write_at)
                     .map_err(|error| WriteError::Storage(error.into()))?;
-                data.same_content_as(&recorded)
+                recorded.is_some_and(|recorded| data.same_content_as(&recorded))
             };
             return Ok(Some(Found {
                 stream: pending.stream.clone(),
@@ -646,9 +646,10 @@ impl Planner {
         let recorded = LogReader::new(&self.shared.segments)
             .read_event(candidate, index.end)
             .map_err(|error| WriteError::Storage(error.into()))?;
-        if recorded.id != data.id {
+        let Some(recorded) = recorded.filter(|r| r.id == data.id) else {
+            // Another id with the same key, or an event a scavenge removed.
             return Ok(None);
-        }
+        };
         Ok(Some(Found {
             same_content: data.same_content_as(&recorded),
             stream: recorded.stream,
@@ -1080,7 +1081,7 @@ impl Committer {
                 .write()
                 .unwrap_or_else(PoisonError::into_inner);
             for (base, start, end) in frames {
-                index.add_batch(base, start, end, Segments::data_start(base));
+                index.add_batch(base, start, end, 1);
             }
             for effect in &effects {
                 index.apply(effect);
