@@ -68,9 +68,17 @@ pub(crate) struct StreamEntry {
     /// The position of each revision: revision `r` is `positions[r]`, hidden or not.
     pub(crate) positions: Vec<u64>,
     pub(crate) lifecycle: Lifecycle,
+    /// What may hide events of this stream, for the few streams that have any: kept out of
+    /// line so that an ordinary stream costs as little memory as possible.
+    restrictions: Option<Box<Restrictions>>,
+}
+
+/// A stream's retention metadata and soft-delete boundary.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct Restrictions {
     /// The first revision after the events of the latest soft delete.
-    pub(crate) deleted_before: Option<Revision>,
-    pub(crate) metadata: StreamMetadata,
+    deleted_before: Option<Revision>,
+    metadata: StreamMetadata,
 }
 
 impl StreamEntry {
@@ -79,9 +87,48 @@ impl StreamEntry {
             name,
             positions: Vec::new(),
             lifecycle: Lifecycle::Live,
-            deleted_before: None,
-            metadata: StreamMetadata::default(),
+            restrictions: None,
         }
+    }
+
+    /// A stream entry as a snapshot recorded it.
+    pub(crate) fn restored(
+        name: StreamName,
+        positions: Vec<u64>,
+        lifecycle: Lifecycle,
+        deleted_before: Option<Revision>,
+        metadata: StreamMetadata,
+    ) -> Self {
+        let mut entry = Self {
+            name,
+            positions,
+            lifecycle,
+            restrictions: None,
+        };
+        entry.set_restrictions(deleted_before, metadata);
+        entry
+    }
+
+    /// The stream's retention metadata.
+    pub(crate) fn metadata(&self) -> StreamMetadata {
+        self.restrictions
+            .as_ref()
+            .map(|r| r.metadata)
+            .unwrap_or_default()
+    }
+
+    /// The first revision after the events of the latest soft delete.
+    pub(crate) fn deleted_before(&self) -> Option<Revision> {
+        self.restrictions.as_ref().and_then(|r| r.deleted_before)
+    }
+
+    fn set_restrictions(&mut self, deleted_before: Option<Revision>, metadata: StreamMetadata) {
+        let restrictions = Restrictions {
+            deleted_before,
+            metadata,
+        };
+        self.restrictions =
+            (restrictions != Restrictions::default()).then(|| Box::new(restrictions));
     }
 
     pub(crate) fn last_revision(&self) -> Option<Revision> {
@@ -108,8 +155,8 @@ impl StreamEntry {
     pub(crate) fn visibility(&self, now: Timestamp) -> Option<Visibility> {
         (self.lifecycle != Lifecycle::Tombstoned).then(|| {
             Visibility::new(
-                &self.metadata,
-                self.deleted_before,
+                &self.metadata(),
+                self.deleted_before(),
                 self.last_revision().unwrap_or_default(),
                 now,
             )
@@ -118,9 +165,7 @@ impl StreamEntry {
 
     /// Whether anything of this stream may be hidden.
     fn is_restricted(&self) -> bool {
-        self.lifecycle != Lifecycle::Live
-            || self.deleted_before.is_some()
-            || self.metadata != StreamMetadata::default()
+        self.lifecycle != Lifecycle::Live || self.restrictions.is_some()
     }
 }
 
@@ -256,6 +301,16 @@ impl Index {
         self.ids.get(&id_key(id)).copied()
     }
 
+    /// Gives back the spare capacity that growing the revision lists left behind (after a
+    /// replay, where they grew one event at a time).
+    pub(crate) fn shrink_to_fit(&mut self) {
+        for entry in &mut self.streams {
+            if entry.positions.capacity() > entry.positions.len() + entry.positions.len() / 8 {
+                entry.positions.shrink_to_fit();
+            }
+        }
+    }
+
     /// Forgets the event at `revision` of `stream`, whose id is `id` and which was recorded
     /// at `position`: a scavenge removed it.
     pub(crate) fn forget_event(
@@ -350,10 +405,12 @@ impl Index {
                 }
                 new_id = Some((*id, *position));
             }
-            Effect::Metadata { metadata, .. } => entry.metadata = *metadata,
+            Effect::Metadata { metadata, .. } => {
+                entry.set_restrictions(entry.deleted_before(), *metadata);
+            }
             Effect::Delete { deleted_before, .. } => {
                 entry.lifecycle = Lifecycle::SoftDeleted;
-                entry.deleted_before = Some(*deleted_before);
+                entry.set_restrictions(Some(*deleted_before), entry.metadata());
             }
             Effect::Tombstone { .. } => entry.lifecycle = Lifecycle::Tombstoned,
             Effect::Removed { last_removed, .. } => {

@@ -136,6 +136,7 @@ pub(crate) fn recover(
     if let Some(last) = index.segments.last_key_value() {
         write_at = write_at.max(last.0 + last.1.end);
     }
+    index.shrink_to_fit();
     let sequence = index.next_sequence;
     Ok(Recovered {
         index,

@@ -74,9 +74,10 @@ pub(crate) fn encode(index: &Index) -> Vec<u8> {
             Lifecycle::SoftDeleted => 1,
             Lifecycle::Tombstoned => 2,
         });
-        let metadata = &entry.metadata;
+        let metadata = entry.metadata();
+        let deleted_before = entry.deleted_before();
         let mut flags = 0;
-        if entry.deleted_before.is_some() {
+        if deleted_before.is_some() {
             flags |= HAS_DELETED_BEFORE;
         }
         if metadata.max_count.is_some() {
@@ -90,7 +91,7 @@ pub(crate) fn encode(index: &Index) -> Vec<u8> {
         }
         buf.push(flags);
         for value in [
-            entry.deleted_before.map(|r| r.0),
+            deleted_before.map(|r| r.0),
             metadata.max_count,
             metadata
                 .max_age
@@ -277,13 +278,13 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<Index, FormatError> {
             previous = previous.wrapping_add(cursor.varint()?);
             positions.push(previous);
         }
-        index.streams.push(StreamEntry {
+        index.streams.push(StreamEntry::restored(
             name,
             positions,
             lifecycle,
             deleted_before,
             metadata,
-        });
+        ));
     }
     let ids = cursor.count(16)?;
     index.ids.reserve(ids);
@@ -406,8 +407,8 @@ mod tests {
             );
             assert_eq!(before.positions, after.positions);
             assert_eq!(before.state(), after.state());
-            assert_eq!(before.metadata, after.metadata);
-            assert_eq!(before.deleted_before, after.deleted_before);
+            assert_eq!(before.metadata(), after.metadata());
+            assert_eq!(before.deleted_before(), after.deleted_before());
         }
         assert_eq!(decoded.all_visible(), index.all_visible());
         for at in 0..bytes.len() {

@@ -659,7 +659,7 @@ impl EventStore for LogStore {
         let (state, metadata) = index
             .stream(stream.as_str())
             .map_or((StreamState::NoStream, StreamMetadata::default()), |e| {
-                (e.state(), e.metadata)
+                (e.state(), e.metadata())
             });
         Ok(StreamInfo {
             stream: stream.clone(),
@@ -683,7 +683,7 @@ impl EventStore for LogStore {
             .map(|entry| StreamInfo {
                 stream: entry.name.clone(),
                 state: entry.state(),
-                metadata: entry.metadata,
+                metadata: entry.metadata(),
             })
             .collect())
     }
