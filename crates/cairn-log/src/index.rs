@@ -21,6 +21,31 @@ use cairn_core::{
 /// The granularity of the batch boundary index, in bytes.
 pub(crate) const BLOCK: u64 = 4096;
 
+/// The granularity of the category and event type indexes, in bytes of log: they record
+/// which regions of this size hold events of each category and type.
+pub(crate) const REGION: u64 = 64 << 10;
+
+/// A stable 64-bit hash of a category or event type (FNV-1a), the key of their indexes. A
+/// collision only makes a filtered read look at a region it could have skipped.
+pub(crate) fn label_hash(text: &str) -> u64 {
+    text.bytes().fold(0xCBF2_9CE4_8422_2325, |hash, byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01B3)
+    })
+}
+
+/// The regions, in increasing order, that hold events of one category or type.
+pub(crate) type Regions = Vec<u32>;
+
+fn region_of(position: u64) -> u32 {
+    u32::try_from(position / REGION).unwrap_or(u32::MAX)
+}
+
+fn note_region(regions: &mut Regions, region: u32) {
+    if regions.last() != Some(&region) {
+        regions.push(region);
+    }
+}
+
 /// A change to the index that a committed record makes.
 #[derive(Debug, Clone)]
 pub(crate) enum Effect {
@@ -29,6 +54,8 @@ pub(crate) enum Effect {
         revision: Revision,
         position: Position,
         id: Uuid,
+        /// [`label_hash`] of the event type.
+        event_type: u64,
     },
     Metadata {
         stream: StreamName,
@@ -68,6 +95,8 @@ pub(crate) struct StreamEntry {
     /// The position of each revision: revision `r` is `positions[r]`, hidden or not.
     pub(crate) positions: Vec<u64>,
     pub(crate) lifecycle: Lifecycle,
+    /// [`label_hash`] of the stream's category.
+    category: u64,
     /// What may hide events of this stream, for the few streams that have any: kept out of
     /// line so that an ordinary stream costs as little memory as possible.
     restrictions: Option<Box<Restrictions>>,
@@ -84,6 +113,7 @@ struct Restrictions {
 impl StreamEntry {
     fn new(name: StreamName) -> Self {
         Self {
+            category: label_hash(name.category()),
             name,
             positions: Vec::new(),
             lifecycle: Lifecycle::Live,
@@ -100,6 +130,7 @@ impl StreamEntry {
         metadata: StreamMetadata,
     ) -> Self {
         let mut entry = Self {
+            category: label_hash(name.category()),
             name,
             positions,
             lifecycle,
@@ -255,6 +286,10 @@ pub(crate) struct Index {
     /// The stream the last effect touched, to skip the name lookup for runs of events of
     /// one stream.
     last_touched: Option<(StreamName, u32)>,
+    /// Category hash → the regions holding events of that category.
+    pub(crate) categories: PremixedMap<Regions>,
+    /// Event type hash → the regions holding events of that type.
+    pub(crate) event_types: PremixedMap<Regions>,
     /// Segment base → where its batches lie.
     pub(crate) segments: BTreeMap<u64, SegmentMap>,
     /// The global offset right after the last durable batch.
@@ -344,6 +379,48 @@ impl Index {
         }
     }
 
+    /// The regions, from `first` on, that may hold events passing a filter on `category`
+    /// and `event_types` (any of them); `None` when the filter names neither, so only a full
+    /// scan can tell.
+    pub(crate) fn candidate_regions(
+        &self,
+        category: Option<&str>,
+        event_types: &[String],
+        first: u32,
+    ) -> Option<Vec<u32>> {
+        let by_category = category.map(|c| {
+            self.categories
+                .get(&label_hash(c))
+                .map(|r| r.as_slice())
+                .unwrap_or_default()
+        });
+        let by_type = (!event_types.is_empty()).then(|| {
+            let mut union: Vec<u32> = event_types
+                .iter()
+                .filter_map(|t| self.event_types.get(&label_hash(t)))
+                .flat_map(|r| r.iter().copied().skip_while(|&x| x < first))
+                .collect();
+            union.sort_unstable();
+            union.dedup();
+            union
+        });
+        let from = |regions: &[u32]| -> Vec<u32> {
+            let start = regions.partition_point(|&r| r < first);
+            regions.get(start..).unwrap_or_default().to_vec()
+        };
+        match (by_category, by_type) {
+            (None, None) => None,
+            (Some(category), None) => Some(from(category)),
+            (None, Some(types)) => Some(types),
+            (Some(category), Some(types)) => Some(
+                from(category)
+                    .into_iter()
+                    .filter(|r| types.binary_search(r).is_ok())
+                    .collect(),
+            ),
+        }
+    }
+
     /// Streams in name order after `after`, at most `limit`.
     pub(crate) fn list(&self, after: Option<&str>, limit: usize) -> Vec<&StreamEntry> {
         let mut entries: Vec<&StreamEntry> = self
@@ -396,6 +473,7 @@ impl Index {
                 revision,
                 position,
                 id,
+                event_type,
                 ..
             } => {
                 debug_assert_eq!(*revision, entry.next_revision(), "revisions are gapless");
@@ -403,7 +481,7 @@ impl Index {
                 if entry.lifecycle == Lifecycle::SoftDeleted {
                     entry.lifecycle = Lifecycle::Live;
                 }
-                new_id = Some((*id, *position));
+                new_id = Some((*id, *position, entry.category, *event_type));
             }
             Effect::Metadata { metadata, .. } => {
                 entry.set_restrictions(entry.deleted_before(), *metadata);
@@ -426,7 +504,10 @@ impl Index {
         } else if was_restricted && !is_restricted {
             self.restricted -= 1;
         }
-        if let Some((id, position)) = new_id {
+        if let Some((id, position, category, event_type)) = new_id {
+            let region = region_of(position.0);
+            note_region(self.categories.entry(category).or_default(), region);
+            note_region(self.event_types.entry(event_type).or_default(), region);
             // The log never holds an id twice, so a taken key means another id.
             match self.ids.entry(id_key(id)) {
                 std::collections::hash_map::Entry::Occupied(_) => {
@@ -486,12 +567,14 @@ mod tests {
             revision: Revision(0),
             position: Position(100),
             id: first,
+            event_type: 1,
         });
         index.apply(&Effect::Event {
             stream: name("a"),
             revision: Revision(1),
             position: Position(200),
             id: second,
+            event_type: 1,
         });
         let entry = index.stream("a").unwrap();
         assert_eq!(entry.positions, vec![100, 200]);

@@ -15,7 +15,7 @@ use crate::storage::{OsStorage, Storage};
 
 /// The default size of a segment file: 256 MiB.
 pub const DEFAULT_SEGMENT_SIZE: u64 = 256 << 20;
-/// The smallest segment size accepted: 64 KiB.
+/// The smallest segment size accepted: 64 KiB. Segment sizes are multiples of it.
 pub const MIN_SEGMENT_SIZE: u64 = 64 << 10;
 
 /// When an append is acknowledged, relative to its data reaching stable storage.
@@ -152,6 +152,12 @@ impl LogOptions {
                 "segment size {} is outside {MIN_SEGMENT_SIZE}..={}",
                 self.segment_size,
                 u32::MAX
+            ));
+        }
+        if !self.segment_size.is_multiple_of(MIN_SEGMENT_SIZE) {
+            return invalid(format!(
+                "segment size {} is not a multiple of {MIN_SEGMENT_SIZE}",
+                self.segment_size
             ));
         }
         let room = self.segment_size - SEGMENT_HEADER_LEN - 1024;

@@ -28,7 +28,7 @@ use crate::format::{
     SEGMENT_HEADER_LEN, checked_record_len, decode_batch_header, decode_record,
     decode_segment_header, is_unwritten, record_extent,
 };
-use crate::index::{Effect, Index};
+use crate::index::{Effect, Index, label_hash};
 use crate::options::OpenError;
 use crate::segments::Segments;
 use crate::storage::{OpenMode, StorageFile};
@@ -349,6 +349,7 @@ fn effects_of(
                 revision: view.revision,
                 position: Position(at),
                 id: view.id,
+                event_type: label_hash(view.event_type),
             }]
         }
         Record::Metadata { stream, metadata } => vec![Effect::Metadata {

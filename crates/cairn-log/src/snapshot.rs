@@ -120,6 +120,18 @@ pub(crate) fn encode(index: &Index) -> Vec<u8> {
         buf.extend_from_slice(id.as_bytes());
         buf.extend_from_slice(&position.to_le_bytes());
     }
+    for labels in [&index.categories, &index.event_types] {
+        buf.extend_from_slice(&(labels.len() as u64).to_le_bytes());
+        for (hash, regions) in labels {
+            buf.extend_from_slice(&hash.to_le_bytes());
+            put_varint(&mut buf, regions.len() as u64);
+            let mut previous = 0u32;
+            for &region in regions {
+                put_varint(&mut buf, u64::from(region - previous));
+                previous = region;
+            }
+        }
+    }
     let checksum = crc32c::crc32c(&buf);
     buf.extend_from_slice(&checksum.to_le_bytes());
     buf
@@ -301,6 +313,23 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<Index, FormatError> {
         let position = cursor.u64()?;
         index.id_overflow.insert(Uuid::from_bytes(id), position);
     }
+    for labels in [&mut index.categories, &mut index.event_types] {
+        for _ in 0..cursor.count(9)? {
+            let hash = cursor.u64()?;
+            let count = usize::try_from(cursor.varint()?).map_err(|_| FormatError::Length)?;
+            if count > body.len() - cursor.at {
+                return Err(FormatError::Length);
+            }
+            let mut regions = Vec::with_capacity(count);
+            let mut previous = 0u32;
+            for _ in 0..count {
+                let delta = u32::try_from(cursor.varint()?).map_err(|_| FormatError::Length)?;
+                previous = previous.checked_add(delta).ok_or(FormatError::Length)?;
+                regions.push(previous);
+            }
+            labels.insert(hash, regions);
+        }
+    }
     if cursor.at != body.len() {
         return Err(FormatError::Length);
     }
@@ -381,6 +410,7 @@ mod tests {
                 revision,
                 position: Position(100 + n as u64 * 300),
                 id: Uuid::now_v7(),
+                event_type: n as u64 % 2,
             });
         }
         index.apply(&Effect::Metadata {
@@ -400,6 +430,8 @@ mod tests {
         assert_eq!(decoded.head, index.head);
         assert_eq!(decoded.last_batch, index.last_batch);
         assert_eq!(decoded.ids, index.ids);
+        assert_eq!(decoded.categories, index.categories);
+        assert_eq!(decoded.event_types, index.event_types);
         for stream in ["a", "b", "c", "d"] {
             let (before, after) = (
                 index.stream(stream).unwrap(),

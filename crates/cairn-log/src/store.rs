@@ -20,7 +20,7 @@ use futures::future::BoxFuture;
 use tokio::sync::{oneshot, watch};
 
 use crate::format::{FORMAT_VERSION, Record};
-use crate::index::{Index, REMOVED};
+use crate::index::{Index, REGION, REMOVED};
 use crate::options::{Durability, LogOptions, OpenError};
 use crate::recovery::recover;
 use crate::scan::{LogReader, Materializer, ScanError};
@@ -351,39 +351,59 @@ fn retain_visible(index: &Index, events: &mut Vec<RecordedEvent>, now: Timestamp
     });
 }
 
-/// A segment to read: where to start, and where its batches end (global).
+/// A stretch of the log to read: walk from the batch at `start`, within the segment's
+/// batches up to `end`, keeping records from `lower` and stopping before `upper`.
 struct Span {
     start: u64,
     end: u64,
+    lower: u64,
+    upper: u64,
 }
 
 impl LogStore {
-    /// The segments to walk forwards from global offset `from`, each from the batch that
-    /// covers its starting point.
-    fn spans_from(&self, index: &Index, from: u64) -> Vec<Span> {
-        let first_base = self.shared().segments.base_of(from);
-        let mut spans = Vec::new();
-        for (&base, map) in index.segments.range(first_base..) {
-            let start = if base == first_base {
-                let offset = from.saturating_sub(base);
-                match map.batch_before(offset) {
-                    Some(start) => base + start.max(Segments::data_start(0)),
-                    None => continue,
-                }
-            } else {
-                Segments::data_start(base)
-            };
-            spans.push(Span {
+    /// The stretches of the log to walk forwards from global offset `from`: every segment,
+    /// or, when `regions` is given, only those regions.
+    fn spans_from(&self, index: &Index, from: u64, regions: Option<&[u32]>) -> Vec<Span> {
+        let segments = &self.shared().segments;
+        let span = |lower: u64, upper: u64| -> Option<Span> {
+            let base = segments.base_of(lower);
+            let map = index.segments.get(&base)?;
+            let end = base + map.end;
+            let lower = lower.max(Segments::data_start(base));
+            if lower >= end {
+                return None;
+            }
+            let start = base + map.batch_before(lower - base)?;
+            Some(Span {
                 start,
-                end: base + map.end,
-            });
+                end,
+                lower,
+                upper: upper.min(end),
+            })
+        };
+        match regions {
+            None => {
+                let first_base = segments.base_of(from);
+                index
+                    .segments
+                    .range(first_base..)
+                    .filter_map(|(&base, map)| span(from.max(base), base + map.end))
+                    .collect()
+            }
+            Some(regions) => regions
+                .iter()
+                .filter_map(|&region| {
+                    let lower = u64::from(region) * REGION;
+                    span(from.max(lower), lower + REGION)
+                })
+                .collect(),
         }
-        spans
     }
 
     fn read_all_forwards(&self, request: &ReadAll, limit: usize) -> Result<AllPage, ReadError> {
         let from = request.from.unwrap_or(Position::START).0;
         let segments = &self.shared().segments;
+        let filter = &request.filter;
         let mut reader = LogReader::new(segments);
         let mut materializer = Materializer::default();
         let mut events: Vec<RecordedEvent> = Vec::new();
@@ -391,7 +411,13 @@ impl LogStore {
         loop {
             let (spans, end) = {
                 let index = self.index();
-                (self.spans_from(&index, cursor), index.end)
+                let first = u32::try_from(cursor / REGION).unwrap_or(u32::MAX);
+                let regions =
+                    index.candidate_regions(filter.category.as_deref(), &filter.event_types, first);
+                (
+                    self.spans_from(&index, cursor, regions.as_deref()),
+                    index.end,
+                )
             };
             let wanted = limit - events.len();
             let mut bytes: usize = events.iter().map(|e| e.payload.len()).sum();
@@ -401,12 +427,13 @@ impl LogStore {
             for span in spans {
                 let stopped = reader
                     .walk(span.start, span.end, |position, record, chunk| {
+                        if position >= span.upper {
+                            return Ok(ControlFlow::Break(()));
+                        }
                         let Record::Event(view) = record else {
                             return Ok(ControlFlow::Continue(()));
                         };
-                        if position < cursor
-                            || !request.filter.matches(view.stream, view.event_type)
-                        {
+                        if position < span.lower || !filter.matches(view.stream, view.event_type) {
                             return Ok(ControlFlow::Continue(()));
                         }
                         let event = materializer.event(segments, position, &view, chunk)?;

@@ -37,7 +37,7 @@ use crate::format::{
     BATCH_HEADER_LEN, PRIOR_BUT_ONE_DURABLE, PRIOR_DURABLE, begin_batch, encode_delete,
     encode_event, encode_metadata, encode_tombstone, event_record_len, finish_batch,
 };
-use crate::index::{Effect, Index, PremixedMap, id_key};
+use crate::index::{Effect, Index, PremixedMap, id_key, label_hash};
 use crate::options::Durability;
 use crate::scan::LogReader;
 use crate::segments::Segments;
@@ -762,6 +762,7 @@ impl Planner {
                     revision,
                     position: Position(position),
                     id: data.id,
+                    event_type: label_hash(&data.event_type),
                 });
                 last = Some(AppendResult {
                     revision,
