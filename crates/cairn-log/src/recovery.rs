@@ -71,9 +71,14 @@ struct Later {
 
 /// Opens the segment files and replays them into the index: the snapshot's, when one
 /// checks out, from where it ends; a fresh one from the start otherwise.
+///
+/// `clean` says the last owner closed the store cleanly: then, when a snapshot was loaded,
+/// nothing was written after it, and the zeros where the next batch would start end the log
+/// without searching the rest of the segment for a torn write.
 pub(crate) fn recover(
     segments: &Segments,
     data_dir: &std::path::Path,
+    clean: bool,
 ) -> Result<Recovered, OpenError> {
     let dir = segments.dir().to_path_buf();
     let (bases, leftovers) = segments.list().map_err(|e| OpenError::io(&dir, e))?;
@@ -88,13 +93,13 @@ pub(crate) fn recover(
     for base in bases {
         files.push(open_segment(segments, base)?);
     }
-    let (mut index, resume_at) =
+    let (mut index, resume_at, from_snapshot) =
         match crate::snapshot::load(segments.storage().as_ref(), data_dir, segments) {
             Some(index) => {
                 let end = index.end;
-                (index, end)
+                (index, end, true)
             }
-            None => (Index::new(), 0),
+            None => (Index::new(), 0, false),
         };
     let mut write_at = resume_at.max(Segments::data_start(0));
     let mut number = files
@@ -109,6 +114,11 @@ pub(crate) fn recover(
                 // The segment's batches ran to its end.
                 write_at = segment_end;
                 number += 1;
+            }
+            Some(damage) if damage.unwritten && clean && from_snapshot => {
+                // A clean close wrote the snapshot last: the log ends here.
+                write_at = damage.at;
+                break;
             }
             Some(damage) => {
                 let expected = index.next_sequence;

@@ -78,7 +78,12 @@ impl Inner {
             .read()
             .unwrap_or_else(PoisonError::into_inner);
         let storage = self.shared.segments.storage();
-        if let Err(error) = crate::snapshot::write(storage.as_ref(), &self.dir, &index) {
+        let index_dir = self.dir.join("index");
+        let written = crate::snapshot::write(storage.as_ref(), &self.dir, &index).and_then(|()| {
+            storage.remove_file(&index_dir.join(OPEN_MARKER))?;
+            storage.sync_dir(&index_dir)
+        });
+        if let Err(error) = written {
             tracing::warn!(%error, dir = %self.dir.display(), "writing the index snapshot failed");
         }
     }
@@ -153,13 +158,30 @@ impl LogStore {
         })?;
         let log_dir = dir.join("log");
         check_format(storage.as_ref(), &dir, &log_dir)?;
+        // An existing log keeps the segment size it was created with.
+        let segment_size =
+            existing_segment_size(storage.as_ref(), &log_dir)?.unwrap_or(options.segment_size);
+        if segment_size != options.segment_size {
+            LogOptions {
+                segment_size,
+                ..options.clone()
+            }
+            .check()?;
+        }
         let segments = Segments::new(
             Arc::clone(&storage),
             log_dir,
-            options.segment_size,
+            segment_size,
             options.preallocation,
         );
-        let recovered = recover(&segments, &dir)?;
+        // The marker exists from open to clean close: without it, the last owner closed
+        // cleanly, nothing follows the snapshot and the tail needs no search.
+        let marker = dir.join("index").join(OPEN_MARKER);
+        let clean = storage.open(&marker, OpenMode::Read).is_err();
+        let recovered = recover(&segments, &dir, clean)?;
+        if !temporary {
+            write_marker(storage.as_ref(), &dir).map_err(|e| OpenError::io(&marker, e))?;
+        }
         let (changes, _) = watch::channel(0);
         let shared = Arc::new(Shared {
             index: std::sync::RwLock::new(recovered.index),
@@ -277,6 +299,45 @@ fn closed() -> WriteError {
         StorageErrorKind::Stopped,
         "the store is closed",
     ))
+}
+
+/// The file that exists while a process has the store open (see [`write_marker`]).
+const OPEN_MARKER: &str = "open";
+
+/// Records, durably, that the store is open: a crash leaves the marker behind, so the next
+/// open knows to search the log's tail for a torn write.
+fn write_marker(storage: &dyn Storage, dir: &Path) -> std::io::Result<()> {
+    let index_dir = dir.join("index");
+    storage.create_dir_all(&index_dir)?;
+    let file = storage.open(&index_dir.join(OPEN_MARKER), OpenMode::CreateTruncate)?;
+    file.sync_data()?;
+    storage.sync_dir(&index_dir)
+}
+
+/// The segment size of an existing log, read from its first segment's header.
+fn existing_segment_size(storage: &dyn Storage, log_dir: &Path) -> Result<Option<u64>, OpenError> {
+    let mut bases: Vec<u64> = storage
+        .list_dir(log_dir)
+        .map_err(|e| OpenError::io(log_dir, e))?
+        .iter()
+        .filter_map(|name| name.strip_suffix(".seg")?.parse().ok())
+        .collect();
+    bases.sort_unstable();
+    let Some(first) = bases.first() else {
+        return Ok(None);
+    };
+    let path = log_dir.join(format!("{first:020}.seg"));
+    let file = storage
+        .open(&path, OpenMode::Read)
+        .map_err(|e| OpenError::io(&path, e))?;
+    let mut header = [0u8; crate::format::SEGMENT_HEADER_LEN as usize];
+    file.read_exact_at(&mut header, 0)
+        .map_err(|e| OpenError::io(&path, e))?;
+    match crate::format::decode_segment_header(&header) {
+        Ok(header) => Ok(Some(header.size)),
+        // Recovery reports a bad header with the details.
+        Err(_) => Ok(None),
+    }
 }
 
 /// Checks (or, for a new directory, writes) the format version file.

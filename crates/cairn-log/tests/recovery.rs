@@ -761,3 +761,43 @@ async fn a_snapshot_open_sees_exactly_what_a_full_replay_sees() {
         "stream states and metadata survive the snapshot"
     );
 }
+
+#[tokio::test]
+async fn a_log_keeps_its_segment_size_whatever_a_later_open_asks() {
+    let storage = FaultyStorage::new(41);
+    let first = faulty_options(&storage).segment_size(128 << 10);
+    let written = {
+        let store = LogStore::open("/data", first).expect("opens");
+        let mut written = Vec::new();
+        for n in 0..300u32 {
+            let data = EventData::new("T", vec![0u8; 900]).with_metadata("n", n.to_string());
+            written.push(data.id);
+            store
+                .append(&name("s"), ExpectedRevision::Any, vec![data])
+                .await
+                .expect("appends");
+        }
+        written
+    };
+    let store = LogStore::open("/data", faulty_options(&storage).segment_size(256 << 10))
+        .expect("reopens with another segment size asked for");
+    let ids: Vec<Uuid> = everything(&store).await.iter().map(|e| e.id).collect();
+    assert_eq!(ids, written);
+    store
+        .append(
+            &name("s"),
+            ExpectedRevision::Exact(299),
+            vec![EventData::new("T", &b"x"[..])],
+        )
+        .await
+        .expect("appends in the existing layout");
+    let segments = storage
+        .files()
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "seg"))
+        .count();
+    assert!(
+        segments >= 3,
+        "the log still rolls at 128 KiB: {segments} segments"
+    );
+}
