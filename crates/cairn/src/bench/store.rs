@@ -1,0 +1,266 @@
+//! The workloads run against Cairn's embedded store ([`LogStore`]): concurrent appends,
+//! reading `$all` back from the page cache, and append-to-delivery latency through a live
+//! subscription.
+//!
+//! Every writer appends to its own stream with [`ExpectedRevision::Any`], so writers never
+//! conflict and the figures measure the log, not optimistic retries.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use bytes::Bytes;
+use cairn::log::LogStore;
+use cairn::{
+    EventData, EventFilter, EventStore, ExpectedRevision, MAX_PAGE_SIZE, ReadAll, StreamName,
+    SubscribeAll, SubscriptionMessage,
+};
+use futures::StreamExt as _;
+use tokio::task::JoinSet;
+
+use super::stats::Samples;
+use super::{AppendSpec, Measured};
+
+/// The type of every benchmark event.
+const EVENT_TYPE: &str = "BenchEvent";
+
+/// The streams the latency workload writes to (and its subscriber filters on).
+const LATENCY_PREFIX: &str = "bench-latency-";
+
+/// How long the latency workload waits for stragglers after its last append.
+const DELIVERY_GRACE: Duration = Duration::from_secs(10);
+
+/// A payload of `size` bytes (a repeating pattern of letters).
+pub(crate) fn payload(size: usize) -> Bytes {
+    (0..size)
+        .map(|i| b'a' + (i % 26) as u8)
+        .collect::<Vec<u8>>()
+        .into()
+}
+
+/// Runs a write workload: `spec.writers` tasks, each appending batches of `spec.batch`
+/// events to its own stream and awaiting each acknowledgement, until the workload's count
+/// or duration runs out.
+pub(crate) async fn append(
+    store: &LogStore,
+    workload: &str,
+    spec: &AppendSpec,
+    counter: &Arc<AtomicU64>,
+) -> anyhow::Result<Measured> {
+    let payload = payload(spec.size);
+    let appends = spec.appends_per_writer();
+    let started = Instant::now();
+    let deadline = started + spec.duration;
+    let mut writers = JoinSet::new();
+    for writer in 0..spec.writers {
+        let store = store.clone();
+        let stream = StreamName::new(format!("bench-{workload}-{writer}"))?;
+        let payload = payload.clone();
+        let counter = Arc::clone(counter);
+        let batch = spec.batch;
+        writers.spawn(async move {
+            let mut samples = Samples::with_capacity(capacity(appends));
+            for _ in 0..appends {
+                if Instant::now() >= deadline {
+                    break;
+                }
+                let events = (0..batch)
+                    .map(|_| EventData::new(EVENT_TYPE, payload.clone()))
+                    .collect();
+                let append_started = Instant::now();
+                store
+                    .append(&stream, ExpectedRevision::Any, events)
+                    .await
+                    .with_context(|| format!("appending to {stream}"))?;
+                samples.record(append_started.elapsed());
+                counter.fetch_add(batch as u64, Ordering::Relaxed);
+            }
+            anyhow::Ok(samples)
+        });
+    }
+    let mut samples = Samples::default();
+    while let Some(joined) = writers.join_next().await {
+        samples.merge(joined.context("a writer task failed")??);
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    Ok(Measured {
+        events: samples.len() as u64 * spec.batch as u64,
+        seconds,
+        latency: samples.summary(),
+    })
+}
+
+/// Room for the samples of `appends` appends, bounded so a huge count does not reserve
+/// memory up front.
+fn capacity(appends: u64) -> usize {
+    usize::try_from(appends.min(1 << 20)).unwrap_or(1 << 20)
+}
+
+/// Reads the whole of `$all` forwards, page by page, counting events and payload bytes.
+/// Latencies are those of each page read.
+pub(crate) async fn read_all(
+    store: &LogStore,
+    counter: &Arc<AtomicU64>,
+) -> anyhow::Result<(Measured, u64)> {
+    let mut request = ReadAll::forwards().limit(MAX_PAGE_SIZE);
+    let mut events = 0u64;
+    let mut bytes = 0u64;
+    let mut samples = Samples::default();
+    let started = Instant::now();
+    loop {
+        let page_started = Instant::now();
+        let page = store.read_all(request.clone()).await?;
+        samples.record(page_started.elapsed());
+        events += page.events.len() as u64;
+        bytes += page
+            .events
+            .iter()
+            .map(|e| e.payload.len() as u64)
+            .sum::<u64>();
+        counter.fetch_add(page.events.len() as u64, Ordering::Relaxed);
+        match page.next {
+            Some(next) if !page.end => request.from = Some(next),
+            _ => break,
+        }
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    Ok((
+        Measured {
+            events,
+            seconds,
+            latency: samples.summary(),
+        },
+        bytes,
+    ))
+}
+
+/// What the latency workload measured.
+pub(crate) struct LatencyMeasured {
+    /// Deliveries and their append-start → delivery latencies.
+    pub(crate) measured: Measured,
+    /// The events appended.
+    pub(crate) sent: u64,
+    /// How often the subscriber fell behind and caught up from storage.
+    pub(crate) fell_behind: u64,
+}
+
+/// Offers `rate` events per second for `duration`, one event per append, each append
+/// started on schedule without waiting for earlier ones; a live `$all` subscriber measures
+/// from the start of each append to its delivery.
+///
+/// The start time travels in the first 8 bytes of the payload (nanoseconds since the
+/// workload began), so no shared map sits between writer and subscriber.
+pub(crate) async fn latency(
+    store: &LogStore,
+    rate: u32,
+    duration: Duration,
+    size: usize,
+    counter: &Arc<AtomicU64>,
+) -> anyhow::Result<LatencyMeasured> {
+    let total = ((f64::from(rate) * duration.as_secs_f64()).round() as u64).max(1);
+    let head = store.head_position().await?;
+    let request = head
+        .map_or_else(SubscribeAll::from_start, SubscribeAll::after)
+        .filter(EventFilter::stream_prefix(LATENCY_PREFIX));
+    let mut subscription = store.subscribe_all(request);
+    let epoch = Instant::now();
+    // In a set, so that the subscriber is stopped if this function returns early.
+    let mut subscriber = JoinSet::new();
+    subscriber.spawn({
+        let counter = Arc::clone(counter);
+        async move {
+            let mut samples = Samples::with_capacity(capacity(total));
+            let mut fell_behind = 0u64;
+            while (samples.len() as u64) < total {
+                match subscription.next().await {
+                    Some(Ok(SubscriptionMessage::Event(event))) => {
+                        let stamp = event
+                            .payload
+                            .get(..8)
+                            .and_then(|bytes| <[u8; 8]>::try_from(bytes).ok())
+                            .map(u64::from_le_bytes)
+                            .context("a latency event lost its timestamp")?;
+                        let delivered = epoch.elapsed();
+                        samples.record(delivered.saturating_sub(Duration::from_nanos(stamp)));
+                        counter.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Some(Ok(SubscriptionMessage::FellBehind)) => fell_behind += 1,
+                    Some(Ok(SubscriptionMessage::CaughtUp)) => {}
+                    Some(Err(error)) => return Err(error).context("the subscription failed"),
+                    None => bail!("the subscription ended early"),
+                }
+            }
+            anyhow::Ok((samples, fell_behind))
+        }
+    });
+
+    let template = payload(size.max(8));
+    let stream = StreamName::new(format!("{LATENCY_PREFIX}0"))?;
+    let mut appends = JoinSet::new();
+    let mut sent = 0u64;
+    let tick = Duration::from_millis(1);
+    while sent < total {
+        let due = ((epoch.elapsed().as_secs_f64() * f64::from(rate)) as u64).min(total);
+        while sent < due {
+            let mut bytes = template.to_vec();
+            let stamp = u64::try_from(epoch.elapsed().as_nanos()).unwrap_or(u64::MAX);
+            if let Some(head) = bytes.get_mut(..8) {
+                head.copy_from_slice(&stamp.to_le_bytes());
+            }
+            let store = store.clone();
+            let stream = stream.clone();
+            appends.spawn(async move {
+                store
+                    .append(
+                        &stream,
+                        ExpectedRevision::Any,
+                        vec![EventData::new(EVENT_TYPE, bytes)],
+                    )
+                    .await
+            });
+            sent += 1;
+        }
+        while let Some(done) = appends.try_join_next() {
+            done.context("an append task failed")??;
+        }
+        tokio::time::sleep(tick).await;
+    }
+    while let Some(done) = appends.join_next().await {
+        done.context("an append task failed")??;
+    }
+    let writing = epoch.elapsed();
+    let (samples, fell_behind) = tokio::time::timeout(DELIVERY_GRACE, subscriber.join_next())
+        .await
+        .context("the subscriber did not receive every event in time")?
+        .context("the subscriber task is missing")?
+        .context("the subscriber task failed")??;
+    Ok(LatencyMeasured {
+        measured: Measured {
+            events: samples.len() as u64,
+            seconds: writing.as_secs_f64(),
+            latency: samples.summary(),
+        },
+        sent,
+        fell_behind,
+    })
+}
+
+/// Writes `count` events (16 writers, batches of 100) so that `read-all` has something to
+/// read when no write workload ran before it.
+pub(crate) async fn fill(
+    store: &LogStore,
+    count: u64,
+    size: usize,
+    counter: &Arc<AtomicU64>,
+) -> anyhow::Result<()> {
+    let spec = AppendSpec {
+        writers: 16,
+        batch: 100,
+        count,
+        duration: Duration::from_secs(3600),
+        size,
+    };
+    append(store, "fill", &spec, counter).await?;
+    Ok(())
+}
