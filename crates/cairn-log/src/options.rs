@@ -13,8 +13,9 @@ use crate::format::SEGMENT_HEADER_LEN;
 use crate::segments::Preallocation;
 use crate::storage::{OsStorage, Storage};
 
-/// The default size of a segment file: 256 MiB.
-pub const DEFAULT_SEGMENT_SIZE: u64 = 256 << 20;
+/// The default size of a segment file: 64 MiB, small enough that the next one is
+/// zero-filled well before a busy writer needs it.
+pub const DEFAULT_SEGMENT_SIZE: u64 = 64 << 20;
 /// The smallest segment size accepted: 64 KiB. Segment sizes are multiples of it.
 pub const MIN_SEGMENT_SIZE: u64 = 64 << 10;
 
@@ -102,7 +103,7 @@ impl Default for LogOptions {
         Self {
             durability: Durability::Always,
             segment_size: DEFAULT_SEGMENT_SIZE,
-            preallocation: Preallocation::Sparse,
+            preallocation: Preallocation::Zeroed,
             limits: StoreLimits::default(),
             storage: OsStorage::shared(),
         }

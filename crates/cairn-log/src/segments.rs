@@ -13,18 +13,21 @@ use crate::storage::{OpenMode, Storage, StorageFile};
 /// How segment files get their space ahead of the writer.
 ///
 /// Every segment has its full length from the start, so a flush never has to record a new
-/// file size. Measured on ext4 here, overwriting zeros and writing into a sparse file flush
-/// at about the same rate for small appends, and zero-filling costs as much disk bandwidth
-/// and kernel time as the data itself, so sparse is the default.
+/// file size. Writing into a sparse file also allocates blocks, which the flush must then
+/// journal; overwriting zeros does not. Measured here with 64 concurrent writers (about
+/// 20 KiB per flush), zero-filled segments take about 20 % more appends per second, so
+/// zero-filling ahead of the writer is the default.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Preallocation {
-    /// Segments are sparse files: their length is set, nothing is written.
-    #[default]
-    Sparse,
     /// A background thread writes zeros over the next segment, in small flushed steps,
     /// before the writer needs it, so later writes overwrite allocated blocks. When the
-    /// writer gets there first, it creates the segment sparse.
+    /// writer gets there first (it writes faster than the zeros go down), it creates the
+    /// segment sparse.
+    #[default]
     Zeroed,
+    /// Segments are sparse files: their length is set, nothing is written. Cheaper to
+    /// create, dearer to flush.
+    Sparse,
 }
 
 const SUFFIX: &str = ".seg";

@@ -66,6 +66,14 @@ pub(crate) struct Progress {
     /// Batches handed to the syncer and not yet answered. The planner increments, the
     /// syncer decrements.
     in_flight: AtomicU64,
+    /// Moving average of a flush, in microseconds. Written by whoever flushes.
+    flush_micros: AtomicU64,
+    /// Moving average of planning and writing a batch, in microseconds. Written by the
+    /// planner.
+    plan_micros: AtomicU64,
+    /// Batches the syncer finished; the planner waits on `committed` for it to move.
+    commits: Mutex<u64>,
+    committed: Condvar,
     /// The failure that stopped the writer, if any. Set once, by either thread.
     failure: Mutex<Option<StorageError>>,
 }
@@ -88,6 +96,41 @@ impl Progress {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
+    }
+
+    /// Folds a new sample into a moving average of durations.
+    fn average(average: &AtomicU64, sample: std::time::Duration) {
+        let sample = u64::try_from(sample.as_micros()).unwrap_or(u64::MAX);
+        let old = average.load(Ordering::Relaxed);
+        let new = if old == 0 {
+            sample
+        } else {
+            (old.saturating_mul(7).saturating_add(sample)) / 8
+        };
+        average.store(new, Ordering::Relaxed);
+    }
+
+    /// Waits (a bounded time) for the syncer to finish the batch it holds.
+    fn wait_for_syncer(&self) {
+        let deadline = Instant::now() + std::time::Duration::from_millis(50);
+        let mut commits = self.commits.lock().unwrap_or_else(PoisonError::into_inner);
+        while self.in_flight.load(Ordering::Acquire) > 0 {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            commits = self
+                .committed
+                .wait_timeout(commits, left)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+    }
+
+    /// Tells a waiting planner that the syncer finished a batch.
+    fn note_commit(&self) {
+        *self.commits.lock().unwrap_or_else(PoisonError::into_inner) += 1;
+        self.committed.notify_all();
     }
 
     /// Records a failure (the first one wins) and returns the error callers get.
@@ -436,6 +479,10 @@ struct Planner {
     /// it from its own flushes (sealing a segment).
     sealed_sequence: u64,
     batch_number: u64,
+    /// Whether the planner waits for the syncer before planning (see `choose_mode`).
+    serial: bool,
+    /// Whether the segment after the current one was asked for.
+    prepared_next: bool,
     overlay: Overlay,
     handoff: mpsc::SyncSender<InFlight>,
     syncer: Option<JoinHandle<()>>,
@@ -461,6 +508,8 @@ impl Planner {
             sequence: start.sequence,
             sealed_sequence: start.sequence.saturating_sub(1),
             batch_number: 0,
+            serial: true,
+            prepared_next: false,
             overlay: Overlay::default(),
             handoff,
             syncer: Some(syncer),
@@ -473,6 +522,9 @@ impl Planner {
         self.start_preallocator();
         let mut commands = Vec::new();
         loop {
+            if self.serial {
+                self.shared.progress.wait_for_syncer();
+            }
             let closed = self.shared.queue.take(&mut commands);
             if !commands.is_empty() {
                 self.process(&mut commands);
@@ -497,6 +549,27 @@ impl Planner {
         }
     }
 
+    /// Chooses between planning while the syncer flushes (pipelined) and waiting for it
+    /// (serial). With writers that each wait for their answer, a pipeline splits them over
+    /// two batches in flight: it only pays when planning a batch takes longer than a flush
+    /// (large batches); otherwise one batch per flush holds more appends. The rule, with a
+    /// margin against flapping: serial while planning all the waiting appends takes less
+    /// than a flush.
+    fn choose_mode(&mut self) {
+        let progress = &self.shared.progress;
+        let plan = progress.plan_micros.load(Ordering::Relaxed);
+        let flush = progress.flush_micros.load(Ordering::Relaxed);
+        if flush == 0 {
+            return;
+        }
+        if self.serial && plan * 5 > flush * 6 {
+            self.serial = false;
+        } else if !self.serial && plan * 2 * 5 < flush * 4 {
+            // A pipelined batch holds about half the waiting appends.
+            self.serial = true;
+        }
+    }
+
     fn start_preallocator(&mut self) {
         let (sender, receiver) = mpsc::channel::<u64>();
         let shared = Arc::clone(&self.shared);
@@ -515,6 +588,7 @@ impl Planner {
     }
 
     fn process(&mut self, commands: &mut Vec<Command>) {
+        let started = Instant::now();
         if let Some(error) = self.shared.progress.stopped() {
             for command in commands.drain(..) {
                 command.answer(Err(error.clone()));
@@ -575,6 +649,8 @@ impl Planner {
             answers: commands.drain(..).zip(outcomes).collect(),
             flush,
         };
+        Progress::average(&self.shared.progress.plan_micros, started.elapsed());
+        self.choose_mode();
         let progress = &self.shared.progress;
         if progress.in_flight.load(Ordering::Acquire) == 0 && self.shared.queue.is_empty() {
             // Nothing to overlap with: commit here rather than wake the syncer.
@@ -902,6 +978,7 @@ impl Planner {
             self.write_at = chunk.start + (end - chunk.buf_start) as u64;
         }
         self.sequence += batch.chunks.len() as u64;
+        self.prepare_next_when_due();
         Ok(())
     }
 
@@ -934,10 +1011,22 @@ impl Planner {
         };
         self.file = Some(file);
         self.base = base;
-        if let Some((sender, _)) = &self.preallocator {
-            let _ = sender.send(base + self.shared.segments.size());
-        }
+        self.prepared_next = false;
         Ok(())
+    }
+
+    /// Once the writer is half way through its segment, asks for the next one to be
+    /// prepared: early enough for a steady writer, late enough that a store that is
+    /// barely written to never spends disk time on zeros.
+    fn prepare_next_when_due(&mut self) {
+        let size = self.shared.segments.size();
+        if self.prepared_next || self.file.is_none() || self.write_at - self.base < size / 2 {
+            return;
+        }
+        if let Some((sender, _)) = &self.preallocator {
+            let _ = sender.send(self.base + size);
+        }
+        self.prepared_next = true;
     }
 }
 
@@ -982,10 +1071,9 @@ impl Syncer {
             match received {
                 Ok(in_flight) => {
                     self.committer().commit(in_flight);
-                    self.shared
-                        .progress
-                        .in_flight
-                        .fetch_sub(1, Ordering::AcqRel);
+                    let progress = &self.shared.progress;
+                    progress.in_flight.fetch_sub(1, Ordering::AcqRel);
+                    progress.note_commit();
                 }
                 Err(mpsc::RecvTimeoutError::Timeout) => {
                     let _ = self.committer().flush();
@@ -1024,7 +1112,10 @@ impl Committer {
         let (Some(sequence), Some(file)) = (self.dirty, &self.file) else {
             return Ok(());
         };
-        if let Err(error) = file.sync_data() {
+        let started = Instant::now();
+        let synced = file.sync_data();
+        Progress::average(&self.shared.progress.flush_micros, started.elapsed());
+        if let Err(error) = synced {
             return Err(self
                 .shared
                 .progress
