@@ -333,3 +333,35 @@ fn an_unreachable_peer_is_named_with_its_address() {
         assert!(!dir.path().exists(), "the bench directory is removed");
     }
 }
+
+#[test]
+fn the_open_workload_reports_both_opens_with_their_memory() {
+    let dir = TempPath::new("open");
+    let run = bench(
+        dir.path(),
+        &[
+            "--workload",
+            "open",
+            "--open-events",
+            "3000",
+            "--open-streams",
+            "250",
+        ],
+    );
+    let report = report(&run);
+    for (name, goal) in [
+        ("open-clean", "<= 3 s, <= 300 MB"),
+        ("open-crash", "<= 10 s, <= 300 MB"),
+    ] {
+        let open = workload(&report, name);
+        assert_measured(open);
+        assert_eq!(open["events"], 3000, "{open}");
+        assert_eq!(open["target"]["goal"], goal);
+        let detail = open["detail"].as_str().expect("a detail");
+        assert!(
+            detail.contains("3,000 events in 250 streams") && detail.contains("resident memory"),
+            "{detail}"
+        );
+    }
+    assert!(!dir.path().exists(), "the bench directory is removed");
+}

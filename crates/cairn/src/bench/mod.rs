@@ -15,11 +15,13 @@
 //! | `read-all`   | reads `$all` from the page cache                                         |
 //! | `latency`    | 10,000 events/s offered, append start → live subscriber delivery         |
 //! | `custom`     | `--writers` × `--batch`, run when either is given                        |
+//! | `open`       | opens a store of `--open-events` in `--open-streams` (10 M in 1 M by default), after a clean close and as after a crash; run only when named |
 //!
 //! Modules: [`store`] runs the workloads on Cairn, [`peers`] on the peers, [`probe`] the
 //! disk probe, [`stats`] the percentiles, [`progress`] the progress line, [`report`] the
 //! output.
 
+pub(crate) mod open;
 mod peers;
 mod probe;
 mod progress;
@@ -28,7 +30,7 @@ mod stats;
 mod store;
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, anyhow, bail};
 use cairn::log::{DEFAULT_SEGMENT_SIZE, LogOptions, LogStore};
@@ -98,6 +100,16 @@ pub(crate) struct BenchArgs {
     /// NATS (with JetStream) for --compare nats.
     #[arg(long, value_name = "HOST:PORT", default_value = "127.0.0.1:4222")]
     nats_addr: String,
+
+    /// Events in the store the open workload opens.
+    #[arg(long, value_name = "N", default_value_t = 10_000_000,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    open_events: u64,
+
+    /// Streams those events are spread over.
+    #[arg(long, value_name = "N", default_value_t = 1_000_000,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    open_streams: u64,
 }
 
 /// The benchmark's workloads.
@@ -124,6 +136,9 @@ pub(crate) enum Workload {
     /// `--writers` × `--batch`.
     #[value(name = "custom")]
     Custom,
+    /// Opening a large store.
+    #[value(name = "open")]
+    Open,
 }
 
 impl Workload {
@@ -136,12 +151,13 @@ impl Workload {
             Self::ReadAll => "read-all",
             Self::Latency => "latency",
             Self::Custom => "custom",
+            Self::Open => "open",
         }
     }
 
     /// Whether it writes durably (and so belongs between the disk probes).
     fn durable(self) -> bool {
-        !matches!(self, Self::ReadAll)
+        !matches!(self, Self::ReadAll | Self::Open)
     }
 }
 
@@ -293,7 +309,7 @@ fn plan(args: &BenchArgs) -> Vec<Workload> {
     let custom = args.writers.is_some() || args.batch.is_some();
     let chosen = |workload: Workload| {
         if args.workload.is_empty() {
-            workload != Workload::Custom || custom
+            (workload != Workload::Custom || custom) && workload != Workload::Open
         } else {
             args.workload.contains(&workload)
         }
@@ -306,6 +322,7 @@ fn plan(args: &BenchArgs) -> Vec<Workload> {
         Workload::Custom,
         Workload::Latency,
         Workload::ReadAll,
+        Workload::Open,
     ]
     .into_iter()
     .filter(|w| chosen(*w))
@@ -340,7 +357,9 @@ impl Bench<'_> {
                     self.args.writers.unwrap_or(8) as usize,
                     self.args.batch.unwrap_or(1) as usize,
                 ),
-                Workload::Probe | Workload::Latency | Workload::ReadAll => continue,
+                Workload::Probe | Workload::Latency | Workload::ReadAll | Workload::Open => {
+                    continue;
+                }
             };
             workloads.push(self.append(workload, &spec).await?);
             wrote = true;
@@ -377,6 +396,12 @@ impl Bench<'_> {
             }
             workloads.push(self.read_all().await?);
         }
+        if plan.contains(&Workload::Open) {
+            let (clean, crash, note) = self.open().await?;
+            workloads.push(clean);
+            workloads.push(crash);
+            notes.push(note);
+        }
         if !self.peers.is_empty() {
             notes.push(
                 "peers run the write workloads only; read-all and latency are Cairn's alone"
@@ -393,7 +418,9 @@ impl Bench<'_> {
             notes.push("a debug build: figures say little; use --release".to_owned());
         }
         for workload in &mut workloads {
-            workload.target = target(workload, probes.as_ref());
+            if workload.target.is_none() {
+                workload.target = target(workload, probes.as_ref());
+            }
         }
         let noisy = probes.as_ref().is_some_and(Probes::noisy);
         Ok(Report {
@@ -529,6 +556,83 @@ impl Bench<'_> {
         })
     }
 
+    /// The `open` workload: two rows (after a clean close, as after a crash) and a note.
+    async fn open(&self) -> anyhow::Result<(WorkloadResult, WorkloadResult, String)> {
+        let dir = self.dir_for_probe().join("open-store");
+        let (events, streams) = (self.args.open_events, self.args.open_streams);
+        let stage = self.progress.stage("open: filling", None);
+        let filled = Instant::now();
+        let result = async {
+            open::fill(
+                &dir,
+                events,
+                streams,
+                self.args.size as usize,
+                &stage.counter(),
+            )
+            .await?;
+            let fill_seconds = filled.elapsed().as_secs_f64();
+            stage.done(&format!("{fill_seconds:.1}s")).await;
+            let log_bytes = open::log_bytes(&dir);
+            let clean = open::probe_in_child(&dir).await?;
+            open::as_after_a_crash(&dir)?;
+            let crash = open::probe_in_child(&dir).await?;
+            anyhow::Ok(open::OpenResult {
+                events,
+                streams,
+                log_bytes,
+                clean,
+                crash,
+            })
+        }
+        .await;
+        let _ = std::fs::remove_dir_all(&dir);
+        let result = result?;
+        let row = |name: &str, measure: open::OpenMeasure| {
+            let micros = measure.seconds * 1e6;
+            WorkloadResult {
+                name: name.to_owned(),
+                writers: 1,
+                batch: 1,
+                events: result.events,
+                seconds: measure.seconds,
+                events_per_sec: result.events as f64 / measure.seconds.max(1e-9),
+                mb_per_sec: result.log_bytes as f64 / measure.seconds.max(1e-9) / 1e6,
+                latency: Percentiles {
+                    samples: 1,
+                    mean_us: micros,
+                    p50_us: micros,
+                    p99_us: micros,
+                    p999_us: micros,
+                    max_us: micros,
+                },
+                target: None,
+                peers: Vec::new(),
+                detail: Some(format!(
+                    "{} events in {} streams ({:.1} GB of log) opened in {:.2}s; resident \
+                     memory {} MB after opening (peak {} MB)",
+                    thousands(result.events as f64),
+                    thousands(result.streams as f64),
+                    result.log_bytes as f64 / 1e9,
+                    measure.seconds,
+                    measure.resident_bytes >> 20,
+                    measure.peak_bytes >> 20
+                )),
+            }
+        };
+        let mut clean = row("open-clean", result.clean);
+        clean.target = Some(open_target(3.0, &result.clean));
+        let mut crash = row("open-crash", result.crash);
+        crash.target = Some(open_target(10.0, &result.crash));
+        Ok((
+            clean,
+            crash,
+            "open: ev/s is events indexed per second of opening, p50 the time to open; \
+             open-crash replays the whole log (no snapshot), the worst a crash leaves"
+                .to_owned(),
+        ))
+    }
+
     async fn read_all(&self) -> anyhow::Result<WorkloadResult> {
         let stage = self.progress.stage("read-all", None);
         let (measured, bytes) = store::read_all(self.store, &stage.counter()).await?;
@@ -588,6 +692,15 @@ fn target(workload: &WorkloadResult, probes: Option<&Probes>) -> Option<Target> 
             met: workload.latency.p99_us <= 2000.0,
         }),
         _ => None,
+    }
+}
+
+/// The open targets: at most `seconds` to open and 300 MB resident (measured: seconds).
+fn open_target(seconds: f64, measure: &open::OpenMeasure) -> Target {
+    Target {
+        goal: format!("<= {seconds:.0} s, <= 300 MB"),
+        measured: measure.seconds,
+        met: measure.seconds <= seconds && measure.resident_bytes <= 300 << 20,
     }
 }
 

@@ -94,6 +94,10 @@ pub(crate) enum Command {
     Demo,
     /// Measure the store on this machine's disk, optionally beside PostgreSQL and NATS.
     Bench(Box<BenchArgs>),
+    /// Open the store, print how long that took and the memory it holds as JSON, and exit
+    /// (used by `cairn bench --workload open`).
+    #[command(hide = true)]
+    OpenProbe,
 }
 
 /// A mistake in how the program was called that only shows after parsing: exit code 2.
@@ -139,6 +143,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Streams(args) => streams::run(&global, args).await,
         Command::Demo => demo::run(&global).await,
         Command::Bench(args) => crate::bench::run(&global, *args).await,
+        Command::OpenProbe => crate::bench::open::open_probe(&global.data_dir),
     }
 }
 
