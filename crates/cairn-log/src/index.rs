@@ -11,8 +11,12 @@
 //! [`Effect`]s decoded from the log. It never holds anything the log does not.
 
 use std::collections::{BTreeMap, HashMap};
-use std::hash::{BuildHasherDefault, Hasher};
+use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
 
+use hashbrown::HashTable;
+
+use crate::ids::IdIndex;
+pub(crate) use crate::ids::id_key;
 use crate::segments::Segments;
 use cairn_core::{
     Position, Revision, StreamMetadata, StreamName, StreamState, Timestamp, Uuid, Visibility,
@@ -91,12 +95,12 @@ pub(crate) enum Lifecycle {
 /// What the index knows about one stream.
 #[derive(Debug, Clone)]
 pub(crate) struct StreamEntry {
-    pub(crate) name: StreamName,
     /// The position of each revision: revision `r` is `positions[r]`, hidden or not.
     pub(crate) positions: Vec<u64>,
+    /// Where the stream's name lies in the index's name arena ([`Index::name_of`]).
+    name_at: u64,
+    name_len: u16,
     pub(crate) lifecycle: Lifecycle,
-    /// [`label_hash`] of the stream's category.
-    category: u64,
     /// What may hide events of this stream, for the few streams that have any: kept out of
     /// line so that an ordinary stream costs as little memory as possible.
     restrictions: Option<Box<Restrictions>>,
@@ -111,28 +115,18 @@ struct Restrictions {
 }
 
 impl StreamEntry {
-    fn new(name: StreamName) -> Self {
-        Self {
-            category: label_hash(name.category()),
-            name,
-            positions: Vec::new(),
-            lifecycle: Lifecycle::Live,
-            restrictions: None,
-        }
-    }
-
-    /// A stream entry as a snapshot recorded it.
-    pub(crate) fn restored(
-        name: StreamName,
+    /// A stream entry as a snapshot recorded it, its name already in the arena.
+    fn restored(
+        (name_at, name_len): (u64, u16),
         positions: Vec<u64>,
         lifecycle: Lifecycle,
         deleted_before: Option<Revision>,
         metadata: StreamMetadata,
     ) -> Self {
         let mut entry = Self {
-            category: label_hash(name.category()),
-            name,
             positions,
+            name_at,
+            name_len,
             lifecycle,
             restrictions: None,
         };
@@ -260,32 +254,67 @@ impl Hasher for PremixedHasher {
 /// A map keyed by premixed 64-bit keys.
 pub(crate) type PremixedMap<V> = HashMap<u64, V, BuildHasherDefault<PremixedHasher>>;
 
-/// A 64-bit key for an event id, well mixed whatever the id's version.
-pub(crate) fn id_key(id: Uuid) -> u64 {
-    let (high, low) = id.as_u64_pair();
-    let mut key = high ^ low.rotate_left(29);
-    key ^= key >> 33;
-    key = key.wrapping_mul(0xFF51_AFD7_ED55_8CCD);
-    key ^= key >> 33;
-    key = key.wrapping_mul(0xC4CE_B9FE_1A85_EC53);
-    key ^ (key >> 33)
+/// The name of `entry` in `arena`.
+fn name_in<'a>(arena: &'a str, entry: &StreamEntry) -> &'a str {
+    usize::try_from(entry.name_at)
+        .ok()
+        .and_then(|at| arena.get(at..at + usize::from(entry.name_len)))
+        .unwrap_or_default()
+}
+
+/// Positions gathered while the log is replayed, placed into the streams' revision lists
+/// in one go when it ends ([`Index::compact`]): each list is then allocated once at its
+/// final size, instead of growing one event at a time and leaving the freed smaller copies
+/// behind as heap the process keeps.
+#[derive(Debug, Default)]
+struct Replay {
+    /// (stream number, position) in log order.
+    events: Vec<(u32, u64)>,
+    /// How many of `events` each stream number has.
+    pending: Vec<u64>,
+    /// (event id key, position) of the events replayed, merged into the id index in one
+    /// go at the end rather than through many growing hash maps and merges.
+    ids: Vec<(u64, u64)>,
+}
+
+impl Replay {
+    fn pending(&self, number: u32) -> u64 {
+        self.pending.get(number as usize).copied().unwrap_or(0)
+    }
+
+    fn push(&mut self, number: u32, position: u64) {
+        let at = number as usize;
+        if self.pending.len() <= at {
+            self.pending.resize(at + 1, 0);
+        }
+        if let Some(pending) = self.pending.get_mut(at) {
+            *pending += 1;
+        }
+        self.events.push((number, position));
+    }
 }
 
 /// The derived state of the log.
 #[derive(Debug, Default)]
 pub(crate) struct Index {
-    names: HashMap<StreamName, u32>,
+    /// Stream name → its number, an index into `streams` (the table holds only numbers and
+    /// hashes names through `streams`, so a name is stored once).
+    names: HashTable<u32>,
+    /// Every stream's name, one after the other (see [`StreamEntry`]): one allocation
+    /// instead of one per stream.
+    name_arena: String,
+    /// Hashes stream names for `names`.
+    name_hasher: std::hash::RandomState,
     pub(crate) streams: Vec<StreamEntry>,
-    /// Event id key → position. Keys are 64 bits of a 128-bit id, so a hit is only a
-    /// candidate: the caller checks the id recorded there.
-    pub(crate) ids: PremixedMap<u64>,
-    /// Ids whose key was already taken by another id: id → position.
-    pub(crate) id_overflow: HashMap<Uuid, u64>,
+    /// Event id → candidate positions (the caller checks the id recorded there).
+    pub(crate) ids: IdIndex,
     /// How many streams may hide some of their events.
     restricted: usize,
     /// The stream the last effect touched, to skip the name lookup for runs of events of
     /// one stream.
     last_touched: Option<(StreamName, u32)>,
+    /// While the log is replayed on open: the positions gathered, not yet in the streams.
+    replay: Option<Replay>,
     /// Category hash → the regions holding events of that category.
     pub(crate) categories: PremixedMap<Regions>,
     /// Event type hash → the regions holding events of that type.
@@ -310,9 +339,48 @@ impl Index {
         }
     }
 
+    fn stream_number(&self, name: &str) -> Option<u32> {
+        let hash = self.name_hasher.hash_one(name);
+        let (streams, arena) = (&self.streams, self.name_arena.as_str());
+        self.names
+            .find(hash, |&number| {
+                streams
+                    .get(number as usize)
+                    .is_some_and(|entry| name_in(arena, entry) == name)
+            })
+            .copied()
+    }
+
+    /// The name of a stream of this index.
+    pub(crate) fn name_of(&self, entry: &StreamEntry) -> &str {
+        name_in(&self.name_arena, entry)
+    }
+
+    /// The last stream an effect touched, when it is `name`: a copy of its name that costs
+    /// no allocation.
+    pub(crate) fn recent_name(&self, name: &str) -> Option<StreamName> {
+        match &self.last_touched {
+            Some((last, _)) if last.as_str() == name => Some(last.clone()),
+            _ => None,
+        }
+    }
+
+    /// Hashes the name of stream `number`, for the name table.
+    fn rehasher<'a>(
+        streams: &'a [StreamEntry],
+        arena: &'a str,
+        hasher: &'a std::hash::RandomState,
+    ) -> impl Fn(&u32) -> u64 + 'a {
+        move |&number| {
+            streams
+                .get(number as usize)
+                .map_or(0, |entry| hasher.hash_one(name_in(arena, entry)))
+        }
+    }
+
     pub(crate) fn stream(&self, name: &str) -> Option<&StreamEntry> {
-        let id = *self.names.get(name)?;
-        self.streams.get(id as usize)
+        let number = self.stream_number(name)?;
+        self.streams.get(number as usize)
     }
 
     /// The stream's state (a stream never seen is [`StreamState::NoStream`]).
@@ -326,24 +394,64 @@ impl Index {
         self.restricted == 0
     }
 
-    /// The candidate position of event `id` (see [`Index::ids`]).
-    pub(crate) fn id_candidate(&self, id: Uuid) -> Option<u64> {
-        if !self.id_overflow.is_empty()
-            && let Some(&position) = self.id_overflow.get(&id)
-        {
-            return Some(position);
-        }
-        self.ids.get(&id_key(id)).copied()
+    /// The positions where event `id` may be recorded (see [`Index::ids`]).
+    pub(crate) fn id_candidates(&self, id: Uuid) -> impl Iterator<Item = u64> + '_ {
+        self.ids.candidates(id)
     }
 
-    /// Gives back the spare capacity that growing the revision lists left behind (after a
-    /// replay, where they grew one event at a time).
-    pub(crate) fn shrink_to_fit(&mut self) {
+    /// Starts a replay of the log (see [`Replay`]); [`Index::compact`] ends it.
+    pub(crate) fn begin_replay(&mut self) {
+        self.replay = Some(Replay::default());
+    }
+
+    /// The next revision of stream `name` (also while the log is replayed).
+    pub(crate) fn next_revision(&self, name: &str) -> Revision {
+        let Some(number) = self.stream_number(name) else {
+            return Revision(0);
+        };
+        let pending = self.replay.as_ref().map_or(0, |r| r.pending(number));
+        self.streams
+            .get(number as usize)
+            .map_or(Revision(0), |entry| {
+                Revision(entry.next_revision().0 + pending)
+            })
+    }
+
+    /// Makes the index as compact as it can be: ends a replay, merges recent ids into the
+    /// compact id index and gives back the spare capacity that growing the stream table
+    /// and the revision lists left behind.
+    pub(crate) fn compact(&mut self) {
+        if let Some(replay) = self.replay.take() {
+            for (number, &count) in replay.pending.iter().enumerate() {
+                if let Some(entry) = self.streams.get_mut(number)
+                    && count > 0
+                {
+                    entry
+                        .positions
+                        .reserve_exact(usize::try_from(count).unwrap_or(usize::MAX));
+                }
+            }
+            for (number, position) in replay.events {
+                if let Some(entry) = self.streams.get_mut(number as usize) {
+                    entry.positions.push(position);
+                }
+            }
+            self.ids.merge_with(replay.ids);
+        } else {
+            self.ids.merge();
+        }
         for entry in &mut self.streams {
             if entry.positions.capacity() > entry.positions.len() + entry.positions.len() / 8 {
                 entry.positions.shrink_to_fit();
             }
         }
+        self.streams.shrink_to_fit();
+        self.name_arena.shrink_to_fit();
+        self.names.shrink_to_fit(Self::rehasher(
+            &self.streams,
+            &self.name_arena,
+            &self.name_hasher,
+        ));
     }
 
     /// Forgets the event at `revision` of `stream`, whose id is `id` and which was recorded
@@ -355,7 +463,7 @@ impl Index {
         id: Uuid,
         position: u64,
     ) {
-        if let Some(&number) = self.names.get(stream)
+        if let Some(number) = self.stream_number(stream)
             && let Some(entry) = self.streams.get_mut(number as usize)
             && let Some(slot) = usize::try_from(revision.0)
                 .ok()
@@ -364,19 +472,7 @@ impl Index {
         {
             *slot = REMOVED;
         }
-        self.forget_id(id, position);
-    }
-
-    /// Forgets event `id`, recorded at `position`.
-    fn forget_id(&mut self, id: Uuid, position: u64) {
-        if self.id_overflow.get(&id) == Some(&position) {
-            self.id_overflow.remove(&id);
-            return;
-        }
-        let key = id_key(id);
-        if self.ids.get(&key) == Some(&position) {
-            self.ids.remove(&key);
-        }
+        self.ids.forget(id, position);
     }
 
     /// The regions, from `first` on, that may hold events passing a filter on `category`
@@ -421,39 +517,81 @@ impl Index {
         }
     }
 
-    /// Streams in name order after `after`, at most `limit`.
-    pub(crate) fn list(&self, after: Option<&str>, limit: usize) -> Vec<&StreamEntry> {
-        let mut entries: Vec<&StreamEntry> = self
+    /// Streams and their names in name order after `after`, at most `limit`.
+    pub(crate) fn list(&self, after: Option<&str>, limit: usize) -> Vec<(&str, &StreamEntry)> {
+        let mut entries: Vec<(&str, &StreamEntry)> = self
             .streams
             .iter()
-            .filter(|e| after.is_none_or(|after| e.name.as_str() > after))
+            .map(|e| (self.name_of(e), e))
+            .filter(|(name, _)| after.is_none_or(|after| *name > after))
             .collect();
-        entries.sort_unstable_by(|a, b| a.name.cmp(&b.name));
+        entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
         entries.truncate(limit);
         entries
     }
 
-    fn entry_mut(&mut self, name: &StreamName) -> &mut StreamEntry {
-        let streams = &mut self.streams;
-        let id = match &self.last_touched {
-            Some((last, id)) if last == name => *id,
+    /// The number of stream `name`, added to the table when new.
+    fn number_for(&mut self, name: &StreamName) -> u32 {
+        match &self.last_touched {
+            Some((last, number)) if last == name => *number,
             _ => {
-                let id = match self.names.get(name.as_str()) {
-                    Some(&id) => id,
-                    None => {
-                        streams.push(StreamEntry::new(name.clone()));
-                        let id = u32::try_from(streams.len() - 1).unwrap_or(u32::MAX);
-                        self.names.insert(name.clone(), id);
-                        id
-                    }
+                let number = match self.stream_number(name.as_str()) {
+                    Some(number) => number,
+                    None => self.add_stream(name.clone()),
                 };
-                self.last_touched = Some((name.clone(), id));
-                id
+                self.last_touched = Some((name.clone(), number));
+                number
             }
-        };
-        streams
-            .get_mut(id as usize)
-            .expect("every name maps to an entry of the stream table")
+        }
+    }
+
+    /// Adds a stream the table does not hold yet and returns its number.
+    fn add_stream(&mut self, name: StreamName) -> u32 {
+        self.push_stream(name.as_str(), |at| {
+            StreamEntry::restored(
+                at,
+                Vec::new(),
+                Lifecycle::Live,
+                None,
+                StreamMetadata::default(),
+            )
+        })
+    }
+
+    /// Adds the stream a snapshot recorded (its name unchecked against the table: a
+    /// snapshot holds each once) and returns its number.
+    pub(crate) fn add_restored(
+        &mut self,
+        name: &str,
+        positions: Vec<u64>,
+        lifecycle: Lifecycle,
+        deleted_before: Option<Revision>,
+        metadata: StreamMetadata,
+    ) -> u32 {
+        self.push_stream(name, |at| {
+            StreamEntry::restored(at, positions, lifecycle, deleted_before, metadata)
+        })
+    }
+
+    fn push_stream(&mut self, name: &str, entry: impl FnOnce((u64, u16)) -> StreamEntry) -> u32 {
+        let number = u32::try_from(self.streams.len()).unwrap_or(u32::MAX);
+        let hash = self.name_hasher.hash_one(name);
+        let at = (
+            self.name_arena.len() as u64,
+            u16::try_from(name.len()).unwrap_or(u16::MAX),
+        );
+        self.name_arena.push_str(name);
+        let entry = entry(at);
+        if entry.is_restricted() {
+            self.restricted += 1;
+        }
+        self.streams.push(entry);
+        self.names.insert_unique(
+            hash,
+            number,
+            Self::rehasher(&self.streams, &self.name_arena, &self.name_hasher),
+        );
+        number
     }
 
     /// Applies the effect of one committed record.
@@ -465,7 +603,12 @@ impl Index {
             | Effect::Tombstone { stream }
             | Effect::Removed { stream, .. } => stream.clone(),
         };
-        let entry = self.entry_mut(&name);
+        let number = self.number_for(&name);
+        let entry = self
+            .streams
+            .get_mut(number as usize)
+            .expect("every name maps to an entry of the stream table");
+        let replay = self.replay.as_mut();
         let was_restricted = entry.is_restricted();
         let mut new_id = None;
         match effect {
@@ -476,12 +619,24 @@ impl Index {
                 event_type,
                 ..
             } => {
-                debug_assert_eq!(*revision, entry.next_revision(), "revisions are gapless");
-                entry.positions.push(position.0);
+                match replay {
+                    Some(replay) => {
+                        debug_assert_eq!(
+                            revision.0,
+                            entry.positions.len() as u64 + replay.pending(number),
+                            "revisions are gapless"
+                        );
+                        replay.push(number, position.0);
+                    }
+                    None => {
+                        debug_assert_eq!(*revision, entry.next_revision(), "revisions are gapless");
+                        entry.positions.push(position.0);
+                    }
+                }
                 if entry.lifecycle == Lifecycle::SoftDeleted {
                     entry.lifecycle = Lifecycle::Live;
                 }
-                new_id = Some((*id, *position, entry.category, *event_type));
+                new_id = Some((*id, *position, *event_type));
             }
             Effect::Metadata { metadata, .. } => {
                 entry.set_restrictions(entry.deleted_before(), *metadata);
@@ -492,9 +647,20 @@ impl Index {
             }
             Effect::Tombstone { .. } => entry.lifecycle = Lifecycle::Tombstoned,
             Effect::Removed { last_removed, .. } => {
-                let count = usize::try_from(last_removed.0.saturating_add(1)).unwrap_or(usize::MAX);
-                if entry.positions.len() < count {
-                    entry.positions.resize(count, REMOVED);
+                let count = last_removed.0.saturating_add(1);
+                match replay {
+                    Some(replay) => {
+                        let have = entry.positions.len() as u64 + replay.pending(number);
+                        for _ in have..count {
+                            replay.push(number, REMOVED);
+                        }
+                    }
+                    None => {
+                        let count = usize::try_from(count).unwrap_or(usize::MAX);
+                        if entry.positions.len() < count {
+                            entry.positions.resize(count, REMOVED);
+                        }
+                    }
                 }
             }
         }
@@ -504,18 +670,14 @@ impl Index {
         } else if was_restricted && !is_restricted {
             self.restricted -= 1;
         }
-        if let Some((id, position, category, event_type)) = new_id {
+        if let Some((id, position, event_type)) = new_id {
             let region = region_of(position.0);
+            let category = label_hash(name.category());
             note_region(self.categories.entry(category).or_default(), region);
             note_region(self.event_types.entry(event_type).or_default(), region);
-            // The log never holds an id twice, so a taken key means another id.
-            match self.ids.entry(id_key(id)) {
-                std::collections::hash_map::Entry::Occupied(_) => {
-                    self.id_overflow.insert(id, position.0);
-                }
-                std::collections::hash_map::Entry::Vacant(slot) => {
-                    slot.insert(position.0);
-                }
+            match &mut self.replay {
+                Some(replay) => replay.ids.push((id_key(id), position.0)),
+                None => self.ids.insert(id, position.0),
             }
             self.head = Some(position);
         }
@@ -533,17 +695,13 @@ impl Index {
         self.next_sequence += sequences;
     }
 
-    /// Rebuilds the derived lookups (names, restricted count) after `streams` was filled
-    /// directly, as loading a snapshot does.
-    pub(crate) fn rebuild_lookups(&mut self) {
-        self.names = self
-            .streams
-            .iter()
-            .enumerate()
-            .map(|(id, entry)| (entry.name.clone(), u32::try_from(id).unwrap_or(u32::MAX)))
-            .collect();
-        self.restricted = self.streams.iter().filter(|e| e.is_restricted()).count();
-        self.last_touched = None;
+    /// Makes room for `streams` more streams (a snapshot being loaded).
+    pub(crate) fn reserve_streams(&mut self, streams: usize) {
+        self.streams.reserve_exact(streams);
+        self.names.reserve(
+            streams,
+            Self::rehasher(&self.streams, &self.name_arena, &self.name_hasher),
+        );
     }
 }
 
@@ -584,8 +742,8 @@ mod tests {
                 last_revision: Revision(1)
             }
         );
-        assert_eq!(index.id_candidate(first), Some(100));
-        assert_eq!(index.id_candidate(second), Some(200));
+        assert_eq!(index.id_candidates(first).collect::<Vec<_>>(), vec![100]);
+        assert_eq!(index.id_candidates(second).collect::<Vec<_>>(), vec![200]);
         assert_eq!(index.head, Some(Position(200)));
         assert!(index.all_visible());
     }

@@ -39,6 +39,7 @@
 
 pub mod faulty;
 mod format;
+mod ids;
 mod index;
 mod options;
 mod recovery;

@@ -101,6 +101,7 @@ pub(crate) fn recover(
             }
             None => (Index::new(), 0, false),
         };
+    index.begin_replay();
     let mut write_at = resume_at.max(Segments::data_start(0));
     let mut number = files
         .iter()
@@ -146,7 +147,7 @@ pub(crate) fn recover(
     if let Some(last) = index.segments.last_key_value() {
         write_at = write_at.max(last.0 + last.1.end);
     }
-    index.shrink_to_fit();
+    index.compact();
     let sequence = index.next_sequence;
     Ok(Recovered {
         index,
@@ -331,8 +332,8 @@ fn effects_of(
     at: u64,
     record: &Record<'_>,
 ) -> Result<Vec<Effect>, FormatError> {
-    let stream_name = |name: &str| match index.stream(name) {
-        Some(entry) => Ok(entry.name.clone()),
+    let stream_name = |name: &str| match index.recent_name(name) {
+        Some(name) => Ok(name),
         None => StreamName::new(name).map_err(|_| FormatError::Utf8),
     };
     fn next_of<'n>(
@@ -340,11 +341,8 @@ fn effects_of(
         index: &Index,
         stream: &StreamName,
     ) -> &'n mut u64 {
-        next.entry(stream.clone()).or_insert_with(|| {
-            index
-                .stream(stream.as_str())
-                .map_or(0, |e| e.next_revision().0)
-        })
+        next.entry(stream.clone())
+            .or_insert_with(|| index.next_revision(stream.as_str()).0)
     }
     Ok(match record {
         Record::Event(view) => {

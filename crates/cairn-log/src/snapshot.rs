@@ -12,12 +12,13 @@ use std::time::Duration;
 use cairn_core::{Position, Revision, StreamMetadata, StreamName, Uuid};
 
 use crate::format::{BATCH_HEADER_LEN, FormatError, decode_batch_header};
-use crate::index::{Index, Lifecycle, SegmentMap, StreamEntry};
+use crate::ids::IdIndex;
+use crate::index::{Index, Lifecycle, SegmentMap};
 use crate::segments::Segments;
 use crate::storage::{OpenMode, Storage};
 
 const MAGIC: &[u8; 8] = b"CAIRNIDX";
-const VERSION: u32 = 1;
+const VERSION: u32 = 2;
 const FILE: &str = "snapshot";
 const TEMP: &str = "snapshot.tmp";
 
@@ -41,7 +42,7 @@ fn put_varint(buf: &mut Vec<u8>, mut value: u64) {
 
 /// Encodes the whole index.
 pub(crate) fn encode(index: &Index) -> Vec<u8> {
-    let mut buf = Vec::with_capacity(64 + index.ids.len() * 16 + index.streams.len() * 32);
+    let mut buf = Vec::with_capacity(64 + index.ids.len() * 10 + index.streams.len() * 32);
     buf.extend_from_slice(MAGIC);
     buf.extend_from_slice(&VERSION.to_le_bytes());
     buf.extend_from_slice(&index.end.to_le_bytes());
@@ -66,7 +67,7 @@ pub(crate) fn encode(index: &Index) -> Vec<u8> {
     }
     buf.extend_from_slice(&(index.streams.len() as u64).to_le_bytes());
     for entry in &index.streams {
-        let name = entry.name.as_str().as_bytes();
+        let name = index.name_of(entry).as_bytes();
         buf.extend_from_slice(&(name.len() as u16).to_le_bytes());
         buf.extend_from_slice(name);
         buf.push(match entry.lifecycle {
@@ -110,13 +111,29 @@ pub(crate) fn encode(index: &Index) -> Vec<u8> {
             previous = position;
         }
     }
-    buf.extend_from_slice(&(index.ids.len() as u64).to_le_bytes());
-    for (key, position) in &index.ids {
+    let (dir, tags, low, high) = index.ids.base_parts();
+    buf.extend_from_slice(&(dir.len() as u64).to_le_bytes());
+    for offset in dir {
+        buf.extend_from_slice(&offset.to_le_bytes());
+    }
+    buf.extend_from_slice(&(tags.len() as u64).to_le_bytes());
+    for tag in tags {
+        buf.extend_from_slice(&tag.to_le_bytes());
+    }
+    for low in low {
+        buf.extend_from_slice(&low.to_le_bytes());
+    }
+    for high in high {
+        buf.extend_from_slice(&high.to_le_bytes());
+    }
+    let (recent, overflow) = index.ids.recent_parts();
+    buf.extend_from_slice(&(recent.len() as u64).to_le_bytes());
+    for (key, position) in recent {
         buf.extend_from_slice(&key.to_le_bytes());
         buf.extend_from_slice(&position.to_le_bytes());
     }
-    buf.extend_from_slice(&(index.id_overflow.len() as u64).to_le_bytes());
-    for (id, position) in &index.id_overflow {
+    buf.extend_from_slice(&(overflow.len() as u64).to_le_bytes());
+    for (id, position) in overflow {
         buf.extend_from_slice(id.as_bytes());
         buf.extend_from_slice(&position.to_le_bytes());
     }
@@ -255,11 +272,11 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<Index, FormatError> {
         index.segments.insert(base, SegmentMap { end, blocks });
     }
     let streams = cursor.count(5)?;
-    index.streams.reserve(streams);
+    index.reserve_streams(streams);
     for _ in 0..streams {
         let len = usize::from(cursor.u16()?);
         let name = std::str::from_utf8(cursor.take(len)?).map_err(|_| FormatError::Utf8)?;
-        let name = StreamName::new(name).map_err(|_| FormatError::Utf8)?;
+        StreamName::new(name).map_err(|_| FormatError::Utf8)?;
         let lifecycle = match cursor.u8()? {
             0 => Lifecycle::Live,
             1 => Lifecycle::SoftDeleted,
@@ -290,29 +307,38 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<Index, FormatError> {
             previous = previous.wrapping_add(cursor.varint()?);
             positions.push(previous);
         }
-        index.streams.push(StreamEntry::restored(
-            name,
-            positions,
-            lifecycle,
-            deleted_before,
-            metadata,
-        ));
+        if index.stream(name).is_some() {
+            return Err(FormatError::Length);
+        }
+        index.add_restored(name, positions, lifecycle, deleted_before, metadata);
     }
-    let ids = cursor.count(16)?;
-    index.ids.reserve(ids);
-    for _ in 0..ids {
-        let key = cursor.u64()?;
-        let position = cursor.u64()?;
-        index.ids.insert(key, position);
-    }
-    for _ in 0..cursor.count(24)? {
-        let id: [u8; 16] = cursor
-            .take(16)?
-            .try_into()
-            .map_err(|_| FormatError::Truncated)?;
-        let position = cursor.u64()?;
-        index.id_overflow.insert(Uuid::from_bytes(id), position);
-    }
+    let dir = (0..cursor.count(4)?)
+        .map(|_| cursor.u32())
+        .collect::<Result<Vec<u32>, _>>()?;
+    let ids = cursor.count(10)?;
+    let tags = (0..ids)
+        .map(|_| cursor.u32())
+        .collect::<Result<Vec<u32>, _>>()?;
+    let low = (0..ids)
+        .map(|_| cursor.u32())
+        .collect::<Result<Vec<u32>, _>>()?;
+    let high = (0..ids)
+        .map(|_| cursor.u16())
+        .collect::<Result<Vec<u16>, _>>()?;
+    let recent = (0..cursor.count(16)?)
+        .map(|_| Ok((cursor.u64()?, cursor.u64()?)))
+        .collect::<Result<Vec<(u64, u64)>, FormatError>>()?;
+    let overflow = (0..cursor.count(24)?)
+        .map(|_| {
+            let id: [u8; 16] = cursor
+                .take(16)?
+                .try_into()
+                .map_err(|_| FormatError::Truncated)?;
+            Ok((Uuid::from_bytes(id), cursor.u64()?))
+        })
+        .collect::<Result<Vec<(Uuid, u64)>, FormatError>>()?;
+    index.ids =
+        IdIndex::from_parts(dir, tags, low, high, recent, overflow).ok_or(FormatError::Length)?;
     for labels in [&mut index.categories, &mut index.event_types] {
         for _ in 0..cursor.count(9)? {
             let hash = cursor.u64()?;
@@ -333,7 +359,6 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<Index, FormatError> {
     if cursor.at != body.len() {
         return Err(FormatError::Length);
     }
-    index.rebuild_lookups();
     Ok(index)
 }
 
@@ -394,24 +419,31 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
 
     use super::*;
-    use crate::index::Effect;
+    use crate::index::{Effect, StreamEntry};
 
     #[test]
     fn a_snapshot_round_trips_the_whole_index() {
         let mut index = Index::new();
         let name = |s: &str| StreamName::new(s).unwrap();
         index.add_batch(0, 64, 5000, 1);
+        let mut ids = Vec::new();
         for (n, stream) in ["a", "b", "a", "c"].iter().enumerate() {
             let revision = index
                 .stream(stream)
                 .map_or(Revision(0), StreamEntry::next_revision);
+            let (id, position) = (Uuid::now_v7(), 100 + n as u64 * 300);
             index.apply(&Effect::Event {
                 stream: name(stream),
                 revision,
-                position: Position(100 + n as u64 * 300),
-                id: Uuid::now_v7(),
+                position: Position(position),
+                id,
                 event_type: n as u64 % 2,
             });
+            ids.push((id, position));
+            if n == 1 {
+                // Some ids in the compact part, some recent.
+                index.ids.merge();
+            }
         }
         index.apply(&Effect::Metadata {
             stream: name("b"),
@@ -429,7 +461,13 @@ mod tests {
         assert_eq!(decoded.end, index.end);
         assert_eq!(decoded.head, index.head);
         assert_eq!(decoded.last_batch, index.last_batch);
-        assert_eq!(decoded.ids, index.ids);
+        assert_eq!(decoded.ids.len(), index.ids.len());
+        for (id, position) in ids {
+            assert_eq!(
+                decoded.id_candidates(id).collect::<Vec<_>>(),
+                vec![position]
+            );
+        }
         assert_eq!(decoded.categories, index.categories);
         assert_eq!(decoded.event_types, index.event_types);
         for stream in ["a", "b", "c", "d"] {

@@ -72,11 +72,12 @@ impl Inner {
         if self.temporary || self.shared.progress.failed() {
             return;
         }
-        let index = self
+        let mut index = self
             .shared
             .index
-            .read()
+            .write()
             .unwrap_or_else(PoisonError::into_inner);
+        index.compact();
         let storage = self.shared.segments.storage();
         let index_dir = self.dir.join("index");
         let written = crate::snapshot::write(storage.as_ref(), &self.dir, &index).and_then(|()| {
@@ -768,10 +769,13 @@ impl EventStore for LogStore {
                 limit.clamp(1, MAX_LIST_STREAMS),
             )
             .into_iter()
-            .map(|entry| StreamInfo {
-                stream: entry.name.clone(),
-                state: entry.state(),
-                metadata: entry.metadata(),
+            // Every name in the index was a valid stream name when it went in.
+            .filter_map(|(name, entry)| {
+                Some(StreamInfo {
+                    stream: StreamName::new(name).ok()?,
+                    state: entry.state(),
+                    metadata: entry.metadata(),
+                })
             })
             .collect())
     }

@@ -716,22 +716,21 @@ impl Planner {
                 same_content,
             }));
         }
-        let Some(candidate) = index.id_candidate(data.id) else {
-            return Ok(None);
-        };
-        let recorded = LogReader::new(&self.shared.segments)
-            .read_event(candidate, index.end)
-            .map_err(|error| WriteError::Storage(error.into()))?;
-        let Some(recorded) = recorded.filter(|r| r.id == data.id) else {
-            // Another id with the same key, or an event a scavenge removed.
-            return Ok(None);
-        };
-        Ok(Some(Found {
-            same_content: data.same_content_as(&recorded),
-            stream: recorded.stream,
-            revision: recorded.revision,
-            position: candidate,
-        }))
+        for candidate in index.id_candidates(data.id) {
+            let recorded = LogReader::new(&self.shared.segments)
+                .read_event(candidate, index.end)
+                .map_err(|error| WriteError::Storage(error.into()))?;
+            // Otherwise another id with a like key, or an event a scavenge removed.
+            if let Some(recorded) = recorded.filter(|r| r.id == data.id) {
+                return Ok(Some(Found {
+                    same_content: data.same_content_as(&recorded),
+                    stream: recorded.stream,
+                    revision: recorded.revision,
+                    position: candidate,
+                }));
+            }
+        }
+        Ok(None)
     }
 
     /// Decides whether `appends` is a retry: `Some(results)` when every event is recorded
