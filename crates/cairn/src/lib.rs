@@ -55,7 +55,8 @@
 //! |----------|---------|--------------|
 //! | `log`    | yes     | [`log`]: the embedded durable store, `cairn-log`. |
 //! | `memory` | yes     | [`memory`]: the in-memory reference store, `cairn-memory`. |
-//! | `cli`    | yes     | The `cairn` program (command line and `cairn bench`); implies `log`. A library user can turn it off with `default-features = false`. |
+//! | `es`     | with `cli` | [`es`]: event sourcing (deciders, repository, snapshots, upcasting, test kit), `cairn-es`. |
+//! | `cli`    | yes     | The `cairn` program (command line and `cairn bench`); implies `log` and `es`. A library user can turn it off with `default-features = false`. |
 //! | `peers`  | no      | `cairn bench --compare postgres,nats`: the same workloads against PostgreSQL and NATS JetStream, side by side; implies `cli`. |
 
 pub use cairn_core::*;
@@ -68,3 +69,7 @@ pub use cairn_log as log;
 /// The in-memory reference store: [`MemoryStore`](memory::MemoryStore).
 #[cfg(feature = "memory")]
 pub use cairn_memory as memory;
+
+/// Event sourcing on any store: `cairn-es`.
+#[cfg(feature = "es")]
+pub use cairn_es as es;

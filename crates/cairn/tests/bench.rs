@@ -365,3 +365,26 @@ fn the_open_workload_reports_both_opens_with_their_memory() {
     }
     assert!(!dir.path().exists(), "the bench directory is removed");
 }
+
+#[test]
+fn the_es_suite_runs_commands_and_loads_through_a_repository() {
+    let dir = TempPath::new("es");
+    let mut args = vec!["es", "--es-history", "2500"];
+    args.extend(TINY);
+    let report = report(&bench(dir.path(), &args));
+    for name in ["es-commands", "es-load"] {
+        let row = workload(&report, name);
+        assert!(row["events"].as_u64().unwrap() > 0, "{row}");
+        assert!(row["latency"]["p99_us"].as_f64().unwrap() > 0.0, "{row}");
+        assert!(row["target"]["goal"].is_string(), "{row}");
+    }
+    assert_eq!(workload(&report, "es-commands")["writers"], 64);
+    assert!(
+        report["workloads"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|w| w["name"].as_str().unwrap().starts_with("es-")),
+        "only the es workloads ran: {report}"
+    );
+}

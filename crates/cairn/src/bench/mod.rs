@@ -16,11 +16,13 @@
 //! | `latency`    | 10,000 events/s offered, append start → live subscriber delivery         |
 //! | `custom`     | `--writers` × `--batch`, run when either is given                        |
 //! | `open`       | opens a store of `--open-events` in `--open-streams` (10 M in 1 M by default), after a clean close and as after a crash; run only when named |
+//! | `es`         | event sourcing ([`es`]): `es-commands`, 64 clients running commands through a repository; `es-load`, loading an aggregate of 1 M events with a snapshot per 1,000; run only when named (`cairn bench es`) |
 //!
 //! Modules: [`store`] runs the workloads on Cairn, [`peers`] on the peers, [`probe`] the
 //! disk probe, [`stats`] the percentiles, [`progress`] the progress line, [`report`] the
 //! output.
 
+mod es;
 pub(crate) mod open;
 mod peers;
 mod probe;
@@ -46,6 +48,11 @@ use stats::Percentiles;
 /// Measures the store on this machine's disk.
 #[derive(Debug, Args)]
 pub(crate) struct BenchArgs {
+    /// What to measure: `store`, the event store's workloads (the default), or `es`, event
+    /// sourcing through a repository (the `es` workload).
+    #[arg(value_name = "SUITE", value_enum)]
+    suite: Option<Suite>,
+
     /// The directory to run in, on the disk to measure; it must not exist or be empty, and
     /// what the run writes there is removed afterwards [default: ./cairn-bench-<pid>].
     #[arg(long, value_name = "PATH")]
@@ -106,6 +113,11 @@ pub(crate) struct BenchArgs {
           value_parser = clap::value_parser!(u64).range(1..))]
     open_events: u64,
 
+    /// Events in the aggregate the es-load workload loads.
+    #[arg(long, value_name = "N", default_value_t = 1_000_000,
+          value_parser = clap::value_parser!(u64).range(1_000..))]
+    es_history: u64,
+
     /// Streams those events are spread over.
     #[arg(long, value_name = "N", default_value_t = 1_000_000,
           value_parser = clap::value_parser!(u64).range(1..))]
@@ -139,6 +151,9 @@ pub(crate) enum Workload {
     /// Opening a large store.
     #[value(name = "open")]
     Open,
+    /// Event sourcing: commands through a repository, and loading a large aggregate.
+    #[value(name = "es")]
+    Es,
 }
 
 impl Workload {
@@ -152,6 +167,7 @@ impl Workload {
             Self::Latency => "latency",
             Self::Custom => "custom",
             Self::Open => "open",
+            Self::Es => "es",
         }
     }
 
@@ -159,6 +175,15 @@ impl Workload {
     fn durable(self) -> bool {
         !matches!(self, Self::ReadAll | Self::Open)
     }
+}
+
+/// The groups of workloads `cairn bench <SUITE>` selects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum Suite {
+    /// The event store's workloads.
+    Store,
+    /// Event sourcing: `es-commands` and `es-load`.
+    Es,
 }
 
 /// The systems `--compare` can run the write workloads against.
@@ -308,8 +333,12 @@ fn dedup(kinds: &[PeerKind]) -> Vec<PeerKind> {
 fn plan(args: &BenchArgs) -> Vec<Workload> {
     let custom = args.writers.is_some() || args.batch.is_some();
     let chosen = |workload: Workload| {
-        if args.workload.is_empty() {
-            (workload != Workload::Custom || custom) && workload != Workload::Open
+        if args.workload.is_empty() && args.suite == Some(Suite::Es) {
+            workload == Workload::Es
+        } else if args.workload.is_empty() {
+            (workload != Workload::Custom || custom)
+                && workload != Workload::Open
+                && workload != Workload::Es
         } else {
             args.workload.contains(&workload)
         }
@@ -321,6 +350,7 @@ fn plan(args: &BenchArgs) -> Vec<Workload> {
         Workload::Batch16w,
         Workload::Custom,
         Workload::Latency,
+        Workload::Es,
         Workload::ReadAll,
         Workload::Open,
     ]
@@ -357,7 +387,11 @@ impl Bench<'_> {
                     self.args.writers.unwrap_or(8) as usize,
                     self.args.batch.unwrap_or(1) as usize,
                 ),
-                Workload::Probe | Workload::Latency | Workload::ReadAll | Workload::Open => {
+                Workload::Probe
+                | Workload::Latency
+                | Workload::ReadAll
+                | Workload::Open
+                | Workload::Es => {
                     continue;
                 }
             };
@@ -366,6 +400,11 @@ impl Bench<'_> {
         }
         if plan.contains(&Workload::Latency) {
             workloads.push(self.latency().await?);
+        }
+        if plan.contains(&Workload::Es) {
+            workloads.push(self.es_commands().await?);
+            workloads.push(self.es_load().await?);
+            wrote = true;
         }
         let probes = match before {
             Some(before) => {
@@ -633,6 +672,68 @@ impl Bench<'_> {
         ))
     }
 
+    async fn es_commands(&self) -> anyhow::Result<WorkloadResult> {
+        let stage = self.progress.stage("es-commands", Some(self.args.duration));
+        let measured = es::commands(
+            self.store,
+            self.args.duration,
+            self.args.count,
+            &stage.counter(),
+        )
+        .await?;
+        stage.done(&summary(&measured)).await;
+        Ok(WorkloadResult {
+            name: "es-commands".to_owned(),
+            writers: es::CLIENTS,
+            batch: 1,
+            events: measured.events,
+            seconds: measured.seconds,
+            events_per_sec: measured.events_per_sec(),
+            mb_per_sec: 0.0,
+            latency: measured.latency,
+            target: None,
+            peers: Vec::new(),
+            detail: Some(format!(
+                "{} clients, each running commands one after another on its own 1,000 \
+                 accounts (load, decide, append with Exact); ev/s is commands/s, latencies \
+                 are per command",
+                es::CLIENTS
+            )),
+        })
+    }
+
+    async fn es_load(&self) -> anyhow::Result<WorkloadResult> {
+        let stage = self.progress.stage("es-load", Some(self.args.duration));
+        let measured = es::load(
+            self.store,
+            self.args.es_history,
+            self.args.duration,
+            &stage.counter(),
+        )
+        .await?;
+        stage.done(&summary(&measured)).await;
+        Ok(WorkloadResult {
+            name: "es-load".to_owned(),
+            writers: 1,
+            batch: 1,
+            events: measured.events,
+            seconds: measured.seconds,
+            events_per_sec: measured.events_per_sec(),
+            mb_per_sec: 0.0,
+            latency: measured.latency,
+            target: None,
+            peers: Vec::new(),
+            detail: Some(format!(
+                "an aggregate of {} events with a snapshot per {}, loaded with {} events \
+                 after its snapshot (the most the policy leaves); ev/s is loads/s, \
+                 latencies are per load",
+                thousands(self.args.es_history as f64),
+                thousands(es::SNAPSHOT_EVERY as f64),
+                thousands((es::SNAPSHOT_EVERY - 1) as f64)
+            )),
+        })
+    }
+
     async fn read_all(&self) -> anyhow::Result<WorkloadResult> {
         let stage = self.progress.stage("read-all", None);
         let (measured, bytes) = store::read_all(self.store, &stage.counter()).await?;
@@ -686,6 +787,16 @@ fn target(workload: &WorkloadResult, probes: Option<&Probes>) -> Option<Target> 
         "append-64w" => Some(at_least(150_000.0, workload.events_per_sec)),
         "batch-16w" => Some(at_least(1_500_000.0, workload.events_per_sec)),
         "read-all" => Some(at_least(3_000_000.0, workload.events_per_sec)),
+        "es-commands" => Some(Target {
+            goal: ">= 100,000 commands/s".to_owned(),
+            measured: workload.events_per_sec,
+            met: workload.events_per_sec >= 100_000.0,
+        }),
+        "es-load" => Some(Target {
+            goal: "p99 <= 2,000 µs".to_owned(),
+            measured: workload.latency.p99_us,
+            met: workload.latency.p99_us <= 2000.0,
+        }),
         "latency" => Some(Target {
             goal: "p99 <= 2,000 µs".to_owned(),
             measured: workload.latency.p99_us,
