@@ -22,6 +22,7 @@
 //! | feature | default | what it adds |
 //! |---------|---------|--------------|
 //! | `testkit` | yes | [`testkit`]: given / when / then, whole flows on the in-memory store |
+//! | `derive` | yes | `#[derive(Event)]` for event enums (from `cairn-macros`) |
 
 mod codec;
 mod context;
@@ -40,6 +41,9 @@ pub use repository::{
     SNAPSHOT_EVENT_TYPE, SNAPSHOT_REVISION, SNAPSHOT_VERSION, SnapshotPolicy,
 };
 pub use upcast::{CheckError, Upcasters};
+
+#[cfg(feature = "derive")]
+pub use cairn_macros::Event;
 
 /// What `#[derive(Event)]` expands to refers to; not part of the public API.
 #[doc(hidden)]
