@@ -8,6 +8,86 @@
 //! loaded, decide again on conflict. [`Upcasters`] read old event versions; the
 //! [`testkit`] checks deciders with given / when / then.
 //!
+//! # Example
+//!
+//! A light switch that refuses to be switched on twice, run through a repository on the
+//! in-memory store, and checked with the test kit:
+//!
+//! ```
+//! use std::sync::Arc;
+//!
+//! use cairn_es::testkit::given;
+//! use cairn_es::{CommandError, Decider, Event, Repository};
+//! use cairn_memory::MemoryStore;
+//!
+//! #[derive(Debug, Clone, PartialEq, Event)]
+//! #[event(version = 1)]
+//! enum LightEvent {
+//!     #[event(name = "light.switched-on")]
+//!     SwitchedOn { by: String },
+//!     #[event(name = "light.switched-off")]
+//!     SwitchedOff,
+//! }
+//!
+//! #[derive(Debug)]
+//! enum LightCommand {
+//!     On { by: String },
+//!     Off,
+//! }
+//!
+//! #[derive(Debug, PartialEq, thiserror::Error)]
+//! enum LightError {
+//!     #[error("the light is on already")]
+//!     AlreadyOn,
+//! }
+//!
+//! struct Light;
+//!
+//! impl Decider for Light {
+//!     const CATEGORY: &'static str = "light";
+//!     type State = bool; // on?
+//!     type Command = LightCommand;
+//!     type Event = LightEvent;
+//!     type Error = LightError;
+//!
+//!     fn decide(on: &bool, command: &LightCommand) -> Result<Vec<LightEvent>, LightError> {
+//!         match command {
+//!             LightCommand::On { .. } if *on => Err(LightError::AlreadyOn),
+//!             LightCommand::On { by } => Ok(vec![LightEvent::SwitchedOn { by: by.clone() }]),
+//!             LightCommand::Off if *on => Ok(vec![LightEvent::SwitchedOff]),
+//!             LightCommand::Off => Ok(vec![]),
+//!         }
+//!     }
+//!
+//!     fn evolve(_: bool, event: &LightEvent) -> bool {
+//!         matches!(event, LightEvent::SwitchedOn { .. })
+//!     }
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! // The rules, without a store.
+//! given::<Light>([])
+//!     .when(LightCommand::On { by: "ada".into() })
+//!     .then([LightEvent::SwitchedOn { by: "ada".into() }]);
+//! given::<Light>([LightEvent::SwitchedOn { by: "ada".into() }])
+//!     .when(LightCommand::On { by: "bob".into() })
+//!     .then_error(LightError::AlreadyOn);
+//!
+//! // The same decider on a store (any EventStore: memory, the embedded log, PostgreSQL).
+//! let repository = Repository::<Light, _>::builder(Arc::new(MemoryStore::new()))
+//!     .build()
+//!     .await
+//!     .expect("a store whose events this build can read");
+//! repository.execute("hall", LightCommand::On { by: "ada".into() }).await.unwrap();
+//! let refused = repository.execute("hall", LightCommand::On { by: "bob".into() }).await;
+//! assert!(matches!(refused, Err(CommandError::Rejected(LightError::AlreadyOn))));
+//! assert!(repository.load("hall").await.unwrap().state);
+//! # }
+//! ```
+//!
+//! # Contents
+//!
 //! - [`event`](Event): stable type names and schema versions;
 //! - [`Decider`], [`Aggregate`], [`AggregateDecider`];
 //! - [`Repository`], [`RepositoryBuilder`], [`SnapshotPolicy`], [`CommandContext`];
