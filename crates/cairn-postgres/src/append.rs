@@ -1,0 +1,382 @@
+//! The write path of an append: lock the streams, check expectations, insert the events at
+//! positions derived from the transaction id, and tell retries from reused ids.
+//!
+//! One append is one transaction (or, inside a caller's transaction, one savepoint) of
+//! three statements:
+//!
+//! 1. an upsert of every named stream, in name order, which locks their rows (so writers
+//!    of one stream queue there, and writers of different streams never meet; name order
+//!    rules out deadlocks between multi-stream appends) and returns their state;
+//! 2. (in Rust) the expectation and tombstone checks;
+//! 3. one statement that takes the transaction id, inserts every event at
+//!    `xid * 2^20 + rank` and moves the streams' last revisions.
+//!
+//! Idempotency costs nothing on the happy path: a retried id trips the unique index on
+//! event ids, and only then (or when an expectation fails) does [`find_retry`] compare the
+//! recorded events with the request.
+
+use std::collections::HashMap;
+
+use cairn_core::{
+    AppendResult, CurrentRevision, Position, Revision, StreamAppend, StreamName, Uuid, WriteError,
+};
+use sqlx::{Connection, PgConnection, Row};
+
+use crate::error::constraint;
+use crate::read::{decode_metadata, encode_metadata};
+use crate::store::PgStore;
+
+/// Bits of a position that rank an event inside its transaction.
+pub(crate) const RANK_BITS: u32 = 20;
+
+/// The most events one transaction can write: 2^20.
+pub const MAX_EVENTS_PER_TRANSACTION: u64 = 1 << RANK_BITS;
+
+/// Stream lifecycle codes, as stored.
+pub(crate) const LIVE: i16 = 0;
+pub(crate) const SOFT_DELETED: i16 = 1;
+pub(crate) const TOMBSTONED: i16 = 2;
+
+const LOCK_STREAMS: &str = "
+    INSERT INTO cairn_streams AS s (name, category)
+    SELECT * FROM unnest($1::text[], $2::text[])
+    ON CONFLICT (name) DO UPDATE SET name = EXCLUDED.name
+    RETURNING s.id, s.name, s.last_revision, s.lifecycle";
+
+const INSERT_EVENTS: &str = "
+    WITH x AS (
+        SELECT pg_current_xact_id()::text::bigint AS xid,
+               (extract(epoch FROM clock_timestamp()) * 1000000)::bigint AS now_us
+    ), base AS (
+        SELECT COALESCE(
+            (SELECT max(e.position) + 1 FROM cairn_events e, x
+              WHERE e.position >= x.xid << 20 AND e.position < (x.xid + 1) << 20),
+            (SELECT x.xid << 20 FROM x)) AS first
+    ), inserted AS (
+        INSERT INTO cairn_events
+            (position, stream_id, revision, id, event_type, content_type, metadata, payload,
+             recorded_us)
+        SELECT base.first + t.n - 1, t.stream_id, t.revision, t.id, t.event_type,
+               t.content_type, t.metadata, t.payload, x.now_us
+        FROM x, base, unnest($1::bigint[], $2::bigint[], $3::uuid[], $4::text[], $5::text[],
+                             $6::bytea[], $7::bytea[])
+             WITH ORDINALITY AS t(stream_id, revision, id, event_type, content_type, metadata,
+                                  payload, n)
+        RETURNING 1
+    ), updated AS (
+        UPDATE cairn_streams s
+        SET last_revision = u.last_revision,
+            lifecycle = CASE WHEN s.lifecycle = 1 THEN 0 ELSE s.lifecycle END
+        FROM unnest($8::bigint[], $9::bigint[]) AS u(id, last_revision)
+        WHERE s.id = u.id
+        RETURNING 1
+    )
+    SELECT (SELECT xid FROM x), (SELECT first FROM base), (SELECT count(*) FROM inserted)";
+
+const FIND_IDS: &str = "
+    SELECT e.id, s.name, e.revision, e.position, e.event_type, e.content_type, e.metadata,
+           e.payload
+    FROM cairn_events e JOIN cairn_streams s ON s.id = e.stream_id
+    WHERE e.id = ANY($1)";
+
+const STREAM_NOW: &str = "
+    SELECT s.lifecycle, s.last_revision,
+           (SELECT max(e.revision) FROM cairn_events e WHERE e.stream_id = s.id)
+    FROM cairn_streams s WHERE s.name = $1";
+
+/// Why one attempt did not commit.
+enum Failure {
+    /// The contract refuses the append (expectation, tombstone, size of a transaction).
+    Refused(WriteError),
+    /// The database failed or a constraint tripped.
+    Database(sqlx::Error),
+}
+
+impl From<sqlx::Error> for Failure {
+    fn from(error: sqlx::Error) -> Self {
+        Self::Database(error)
+    }
+}
+
+/// Appends `appends` (already validated) on `conn`, in a transaction of its own, or in a
+/// savepoint when `conn` is inside the caller's transaction.
+pub(crate) async fn append_on(
+    store: &PgStore,
+    conn: &mut PgConnection,
+    appends: &[StreamAppend],
+) -> Result<Vec<AppendResult>, WriteError> {
+    // A unique violation on an event id whose holder then rolled back finds no retry; the
+    // append is tried again, a bounded number of times.
+    const ATTEMPTS: usize = 3;
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let mut tx = conn
+            .begin()
+            .await
+            .map_err(|error| store.storage("beginning an append", error))?;
+        let failure = match write(&mut tx, appends).await {
+            Ok(results) => {
+                tx.commit()
+                    .await
+                    .map_err(|error| store.storage("committing an append", error))?;
+                return Ok(results);
+            }
+            Err(failure) => failure,
+        };
+        if let Err(error) = tx.rollback().await {
+            return Err(match failure {
+                Failure::Database(original) => store.storage("appending", original).into(),
+                Failure::Refused(_) => store.storage("rolling back an append", error).into(),
+            });
+        }
+        match failure {
+            Failure::Refused(refusal) => {
+                return match find_retry(store, conn, appends).await? {
+                    Some(results) => Ok(results),
+                    None => Err(refusal),
+                };
+            }
+            Failure::Database(error) if constraint(&error) == Some("cairn_events_id_key") => {
+                if let Some(results) = find_retry(store, conn, appends).await? {
+                    return Ok(results);
+                }
+                if attempt >= ATTEMPTS {
+                    return Err(store.storage("appending", error).into());
+                }
+            }
+            Failure::Database(error) if constraint(&error) == Some("cairn_events_revision_key") => {
+                return Err(revision_conflict(store, conn, appends).await?);
+            }
+            Failure::Database(error) => return Err(store.storage("appending", error).into()),
+        }
+    }
+}
+
+/// One attempt inside an open transaction.
+async fn write(
+    conn: &mut PgConnection,
+    appends: &[StreamAppend],
+) -> Result<Vec<AppendResult>, Failure> {
+    let mut names: Vec<&StreamName> = appends.iter().map(|a| &a.stream).collect();
+    names.sort_unstable();
+    let categories: Vec<&str> = names.iter().map(|n| n.category()).collect();
+    let names: Vec<&str> = names.iter().map(|n| n.as_str()).collect();
+    let rows = sqlx::query(LOCK_STREAMS)
+        .bind(&names)
+        .bind(&categories)
+        .fetch_all(&mut *conn)
+        .await?;
+    let mut streams: HashMap<String, (i64, Option<i64>, i16)> = HashMap::with_capacity(rows.len());
+    for row in rows {
+        let name: String = row.try_get(1)?;
+        streams.insert(name, (row.try_get(0)?, row.try_get(2)?, row.try_get(3)?));
+    }
+
+    let total: usize = appends.iter().map(|a| a.events.len()).sum();
+    let mut stream_ids = Vec::with_capacity(total);
+    let mut revisions = Vec::with_capacity(total);
+    let mut ids = Vec::with_capacity(total);
+    let mut types = Vec::with_capacity(total);
+    let mut content_types = Vec::with_capacity(total);
+    let mut metadata = Vec::with_capacity(total);
+    let mut payloads = Vec::with_capacity(total);
+    let mut updated_ids = Vec::with_capacity(appends.len());
+    let mut updated_revisions = Vec::with_capacity(appends.len());
+    for append in appends {
+        let Some(&(id, last, lifecycle)) = streams.get(append.stream.as_str()) else {
+            return Err(Failure::Database(sqlx::Error::Protocol(format!(
+                "locking stream {} returned no row",
+                append.stream
+            ))));
+        };
+        if lifecycle == TOMBSTONED {
+            return Err(Failure::Refused(WriteError::StreamDeleted {
+                stream: append.stream.clone(),
+            }));
+        }
+        let actual = match (lifecycle, last) {
+            (LIVE, Some(last)) => CurrentRevision::Revision(to_revision(last)),
+            _ => CurrentRevision::NoStream,
+        };
+        if !append.expected.is_satisfied_by(actual) {
+            return Err(Failure::Refused(WriteError::WrongExpectedRevision {
+                stream: append.stream.clone(),
+                expected: append.expected,
+                actual,
+            }));
+        }
+        let mut revision = last.map_or(0, |last| last + 1);
+        for event in &append.events {
+            stream_ids.push(id);
+            revisions.push(revision);
+            ids.push(event.id);
+            types.push(event.event_type.as_str());
+            content_types.push(event.content_type.as_str());
+            metadata.push(encode_metadata(&event.metadata));
+            payloads.push(event.payload.as_ref());
+            revision += 1;
+        }
+        updated_ids.push(id);
+        updated_revisions.push(revision - 1);
+    }
+
+    let row = sqlx::query(INSERT_EVENTS)
+        .bind(&stream_ids)
+        .bind(&revisions)
+        .bind(&ids)
+        .bind(&types)
+        .bind(&content_types)
+        .bind(&metadata)
+        .bind(&payloads)
+        .bind(&updated_ids)
+        .bind(&updated_revisions)
+        .fetch_one(&mut *conn)
+        .await?;
+    let xid: i64 = row.try_get(0)?;
+    let first: i64 = row.try_get(1)?;
+    let inserted: i64 = row.try_get(2)?;
+    let last = first + inserted - 1;
+    if inserted != total as i64 || (last >> RANK_BITS) != xid {
+        return Err(Failure::Refused(WriteError::InvalidRequest {
+            reason: format!(
+                "one transaction can write at most {MAX_EVENTS_PER_TRANSACTION} events; this \
+                 one would write its event number {}",
+                (last - (xid << RANK_BITS)) + 1
+            ),
+        }));
+    }
+
+    let mut results = Vec::with_capacity(appends.len());
+    let mut offset = 0i64;
+    for (append, last_revision) in appends.iter().zip(updated_revisions) {
+        offset += append.events.len() as i64;
+        results.push(AppendResult {
+            revision: to_revision(last_revision),
+            position: to_position(first + offset - 1),
+        });
+    }
+    Ok(results)
+}
+
+/// Decides whether `appends` is a retry of an append already recorded: `Some(results)`
+/// when every event is recorded exactly as this request would record it, `None` when none
+/// is, [`WriteError::EventIdReused`] when some are or differ.
+async fn find_retry(
+    store: &PgStore,
+    conn: &mut PgConnection,
+    appends: &[StreamAppend],
+) -> Result<Option<Vec<AppendResult>>, WriteError> {
+    let ids: Vec<Uuid> = appends
+        .iter()
+        .flat_map(|a| a.events.iter().map(|e| e.id))
+        .collect();
+    let rows = sqlx::query(FIND_IDS)
+        .bind(&ids)
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(|error| store.storage("looking up event ids", error))?;
+    if rows.is_empty() {
+        return Ok(None);
+    }
+    let decode = |error: sqlx::Error| store.storage("decoding a recorded event", error);
+    let mut found = HashMap::with_capacity(rows.len());
+    for row in rows {
+        let id: Uuid = row.try_get(0).map_err(decode)?;
+        found.insert(id, row);
+    }
+    if found.len() < ids.len() {
+        let first = ids
+            .iter()
+            .find(|id| found.contains_key(id))
+            .copied()
+            .unwrap_or_default();
+        return Err(WriteError::EventIdReused { id: first });
+    }
+    let mut results = Vec::with_capacity(appends.len());
+    for append in appends {
+        let mut previous: Option<i64> = None;
+        let mut last = None;
+        for data in &append.events {
+            let reused = WriteError::EventIdReused { id: data.id };
+            let Some(row) = found.get(&data.id) else {
+                return Err(reused);
+            };
+            let stream: String = row.try_get(1).map_err(decode)?;
+            let revision: i64 = row.try_get(2).map_err(decode)?;
+            let position: i64 = row.try_get(3).map_err(decode)?;
+            let event_type: String = row.try_get(4).map_err(decode)?;
+            let content_type: String = row.try_get(5).map_err(decode)?;
+            let metadata: Vec<u8> = row.try_get(6).map_err(decode)?;
+            let payload: Vec<u8> = row.try_get(7).map_err(decode)?;
+            let same = stream == append.stream.as_str()
+                && previous.is_none_or(|p| revision == p + 1)
+                && event_type == data.event_type
+                && content_type == data.content_type
+                && payload == data.payload.as_ref()
+                && decode_metadata(&metadata).is_ok_and(|m| m == data.metadata);
+            if !same {
+                return Err(reused);
+            }
+            previous = Some(revision);
+            last = Some(AppendResult {
+                revision: to_revision(revision),
+                position: to_position(position),
+            });
+        }
+        results.extend(last);
+    }
+    Ok(Some(results))
+}
+
+/// The conflict to report when the unique index on (stream, revision) refused an insert:
+/// another writer put an event at a revision this append computed, so the stream is not
+/// where the append found it. Reports the first part whose expectation fails against the
+/// stream as it is now (or the first part, for expectations that held).
+async fn revision_conflict(
+    store: &PgStore,
+    conn: &mut PgConnection,
+    appends: &[StreamAppend],
+) -> Result<WriteError, WriteError> {
+    let mut first = None;
+    for append in appends {
+        let row = sqlx::query(STREAM_NOW)
+            .bind(append.stream.as_str())
+            .fetch_optional(&mut *conn)
+            .await
+            .map_err(|error| store.storage("reading a stream after a conflict", error))?;
+        let actual = match row {
+            Some(row) => {
+                let decode = |error| store.storage("decoding a stream", error);
+                let lifecycle: i16 = row.try_get(0).map_err(decode)?;
+                let last: Option<i64> = row.try_get(1).map_err(decode)?;
+                let highest: Option<i64> = row.try_get(2).map_err(decode)?;
+                match (lifecycle, last.max(highest)) {
+                    (LIVE, Some(last)) => CurrentRevision::Revision(to_revision(last)),
+                    _ => CurrentRevision::NoStream,
+                }
+            }
+            None => CurrentRevision::NoStream,
+        };
+        let conflict = WriteError::WrongExpectedRevision {
+            stream: append.stream.clone(),
+            expected: append.expected,
+            actual,
+        };
+        if !append.expected.is_satisfied_by(actual) {
+            return Ok(conflict);
+        }
+        first.get_or_insert(conflict);
+    }
+    first.ok_or_else(|| WriteError::InvalidRequest {
+        reason: "an append names no stream".to_owned(),
+    })
+}
+
+pub(crate) fn to_revision(value: i64) -> Revision {
+    Revision(u64::try_from(value).unwrap_or(0))
+}
+
+pub(crate) fn to_position(value: i64) -> Position {
+    Position(u64::try_from(value).unwrap_or(0))
+}
