@@ -7,4 +7,5 @@
 mod support;
 
 mod gaps;
+mod live;
 mod schema;
