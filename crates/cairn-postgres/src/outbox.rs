@@ -55,7 +55,7 @@ pub struct OutboxEntry {
 
 const PUSH: &str = "
     INSERT INTO cairn_outbox (id, topic, key, headers, payload, created_us)
-    SELECT t.*, (extract(epoch FROM clock_timestamp()) * 1000000)::bigint
+    SELECT t.id, t.topic, t.key, t.headers, t.payload, (extract(epoch FROM clock_timestamp()) * 1000000)::bigint
     FROM unnest($1::uuid[], $2::text[], $3::text[], $4::bytea[], $5::bytea[])
          WITH ORDINALITY AS t(id, topic, key, headers, payload, n)
     ORDER BY t.n";

@@ -9,3 +9,4 @@ mod support;
 mod gaps;
 mod live;
 mod schema;
+mod tables;
