@@ -15,7 +15,7 @@ use cairn_core::{
     validate_appends,
 };
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{PgPool, Postgres, Transaction};
+use sqlx::{Connection, PgConnection, PgPool, Postgres, Transaction};
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 
@@ -96,20 +96,25 @@ impl PgStore {
                 url: redacted.clone(),
                 source,
             })?;
-        let pool = PgPoolOptions::new()
-            .max_connections(options.max_connections)
-            .acquire_timeout(options.acquire_timeout)
-            .connect_with(connect.clone())
-            .await
-            .map_err(|source| ConnectError::Unreachable {
-                url: redacted.clone(),
-                source,
-            })?;
+        // One connection first, so that an unreachable database is reported with its cause
+        // (the pool would only report that it timed out); it then runs the migrations.
+        let unreachable = |source| ConnectError::Unreachable {
+            url: redacted.clone(),
+            source,
+        };
+        let mut conn = tokio::time::timeout(
+            options.acquire_timeout,
+            PgConnection::connect_with(&connect),
+        )
+        .await
+        .map_err(|_| {
+            unreachable(sqlx::Error::Io(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("no answer within {:?}", options.acquire_timeout),
+            )))
+        })?
+        .map_err(unreachable)?;
         let schema = async {
-            let mut conn = pool
-                .acquire()
-                .await
-                .map_err(|source| SchemaError::Migration { version: 0, source })?;
             if options.migrate {
                 migrate(&mut conn).await?;
             } else {
@@ -124,13 +129,18 @@ impl PgStore {
             Ok(())
         }
         .await;
+        // Closing is a courtesy to the server; the connection is dropped either way.
+        let _ = conn.close().await;
         if let Err(source) = schema {
-            pool.close().await;
             return Err(ConnectError::Schema {
                 url: redacted,
                 source,
             });
         }
+        let pool = PgPoolOptions::new()
+            .max_connections(options.max_connections)
+            .acquire_timeout(options.acquire_timeout)
+            .connect_lazy_with(connect.clone());
 
         let (changes, _) = watch::channel(0);
         let notify_requests = Arc::new(Notify::new());
