@@ -4,9 +4,9 @@
 //! One append is one transaction (or, inside a caller's transaction, one savepoint) of
 //! three statements:
 //!
-//! 1. an upsert of every named stream, in name order, which locks their rows (so writers
-//!    of one stream queue there, and writers of different streams never meet; name order
-//!    rules out deadlocks between multi-stream appends) and returns their state;
+//! 1. `cairn_lock_streams`, which takes a per-stream advisory lock for every named stream
+//!    (so writers of one stream queue there, and writers of different streams never meet)
+//!    and returns their state, creating the missing ones after it;
 //! 2. (in Rust) the expectation and tombstone checks;
 //! 3. one statement that takes the transaction id, inserts every event at
 //!    `xid * 2^20 + rank` and moves the streams' last revisions.
@@ -16,13 +16,15 @@
 //! recorded events with the request.
 
 use std::collections::HashMap;
+use std::sync::LazyLock;
 
 use cairn_core::{
-    AppendResult, CurrentRevision, Position, Revision, StreamAppend, StreamName, Uuid, WriteError,
+    AppendResult, CurrentRevision, Position, Revision, StorageError, StorageErrorKind,
+    StreamAppend, Uuid, WriteError, category_of,
 };
 use sqlx::{Connection, PgConnection, Row};
 
-use crate::error::constraint;
+use crate::error::{constraint, sqlstate};
 use crate::read::{decode_metadata, encode_metadata};
 use crate::store::PgStore;
 
@@ -37,22 +39,31 @@ pub(crate) const LIVE: i16 = 0;
 pub(crate) const SOFT_DELETED: i16 = 1;
 pub(crate) const TOMBSTONED: i16 = 2;
 
-const LOCK_STREAMS: &str = "
-    INSERT INTO cairn_streams AS s (name, category)
-    SELECT * FROM unnest($1::text[], $2::text[])
-    ON CONFLICT (name) DO UPDATE SET name = EXCLUDED.name
-    RETURNING s.id, s.name, s.last_revision, s.lifecycle";
+const LOCK_STREAMS: &str = "SELECT * FROM cairn_lock_streams($1)";
 
+const CREATE_STREAMS: &str = "
+    INSERT INTO cairn_streams (name, category)
+    SELECT * FROM unnest($1::text[], $2::text[])
+    ON CONFLICT (name) DO NOTHING
+    RETURNING id, name, last_revision, lifecycle, NULL::bigint";
+
+/// The first position of a transaction's events when it has written none yet.
+const FIRST_RANK: &str = "SELECT x.xid << 20 AS first FROM x";
+
+/// The first position of this append's events when the transaction may already have
+/// written some (inside the caller's transaction): after the last of them.
+const NEXT_RANK: &str = "
+    SELECT COALESCE(
+        (SELECT max(e.position) + 1 FROM cairn_events e, x
+          WHERE e.position >= x.xid << 20 AND e.position < (x.xid + 1) << 20),
+        (SELECT x.xid << 20 FROM x)) AS first";
+
+/// Inserts the events and moves the streams; `{base}` is [`FIRST_RANK`] or [`NEXT_RANK`].
 const INSERT_EVENTS: &str = "
     WITH x AS (
         SELECT pg_current_xact_id()::text::bigint AS xid,
                (extract(epoch FROM clock_timestamp()) * 1000000)::bigint AS now_us
-    ), base AS (
-        SELECT COALESCE(
-            (SELECT max(e.position) + 1 FROM cairn_events e, x
-              WHERE e.position >= x.xid << 20 AND e.position < (x.xid + 1) << 20),
-            (SELECT x.xid << 20 FROM x)) AS first
-    ), inserted AS (
+    ), base AS ({base}), inserted AS (
         INSERT INTO cairn_events
             (position, stream_id, revision, id, event_type, content_type, metadata, payload,
              recorded_us)
@@ -84,6 +95,14 @@ const STREAM_NOW: &str = "
            (SELECT max(e.revision) FROM cairn_events e WHERE e.stream_id = s.id)
     FROM cairn_streams s WHERE s.name = $1";
 
+/// [`INSERT_EVENTS`] for a transaction that has written no event yet, which skips looking
+/// for earlier ones: that probe reads the hottest page of the position index.
+static INSERT_FIRST: LazyLock<String> =
+    LazyLock::new(|| INSERT_EVENTS.replace("{base}", FIRST_RANK));
+
+/// [`INSERT_EVENTS`] for a transaction that may have written events already.
+static INSERT_NEXT: LazyLock<String> = LazyLock::new(|| INSERT_EVENTS.replace("{base}", NEXT_RANK));
+
 /// Why one attempt did not commit.
 enum Failure {
     /// The contract refuses the append (expectation, tombstone, size of a transaction).
@@ -99,11 +118,12 @@ impl From<sqlx::Error> for Failure {
 }
 
 /// Appends `appends` (already validated) on `conn`, in a transaction of its own, or in a
-/// savepoint when `conn` is inside the caller's transaction.
+/// savepoint when `conn` is inside the caller's transaction (`in_caller_tx`).
 pub(crate) async fn append_on(
     store: &PgStore,
     conn: &mut PgConnection,
     appends: &[StreamAppend],
+    in_caller_tx: bool,
 ) -> Result<Vec<AppendResult>, WriteError> {
     // A unique violation on an event id whose holder then rolled back finds no retry; the
     // append is tried again, a bounded number of times.
@@ -115,7 +135,7 @@ pub(crate) async fn append_on(
             .begin()
             .await
             .map_err(|error| store.storage("beginning an append", error))?;
-        let failure = match write(&mut tx, appends).await {
+        let failure = match write(&mut tx, appends, in_caller_tx).await {
             Ok(results) => {
                 tx.commit()
                     .await
@@ -148,6 +168,11 @@ pub(crate) async fn append_on(
             Failure::Database(error) if constraint(&error) == Some("cairn_events_revision_key") => {
                 return Err(revision_conflict(store, conn, appends).await?);
             }
+            // Stream locks are taken in one order, so appends cannot deadlock each other, but
+            // one can with a transaction holding other locks; PostgreSQL fails one of the two,
+            // and an append fails only after a few tries.
+            Failure::Database(error)
+                if sqlstate(&error).as_deref() == Some("40P01") && attempt < ATTEMPTS => {}
             Failure::Database(error) => return Err(store.storage("appending", error).into()),
         }
     }
@@ -157,21 +182,11 @@ pub(crate) async fn append_on(
 async fn write(
     conn: &mut PgConnection,
     appends: &[StreamAppend],
+    in_caller_tx: bool,
 ) -> Result<Vec<AppendResult>, Failure> {
-    let mut names: Vec<&StreamName> = appends.iter().map(|a| &a.stream).collect();
+    let mut names: Vec<&str> = appends.iter().map(|a| a.stream.as_str()).collect();
     names.sort_unstable();
-    let categories: Vec<&str> = names.iter().map(|n| n.category()).collect();
-    let names: Vec<&str> = names.iter().map(|n| n.as_str()).collect();
-    let rows = sqlx::query(LOCK_STREAMS)
-        .bind(&names)
-        .bind(&categories)
-        .fetch_all(&mut *conn)
-        .await?;
-    let mut streams: HashMap<String, (i64, Option<i64>, i16)> = HashMap::with_capacity(rows.len());
-    for row in rows {
-        let name: String = row.try_get(1)?;
-        streams.insert(name, (row.try_get(0)?, row.try_get(2)?, row.try_get(3)?));
-    }
+    let streams = lock_streams(conn, &names).await?;
 
     let total: usize = appends.iter().map(|a| a.events.len()).sum();
     let mut stream_ids = Vec::with_capacity(total);
@@ -184,7 +199,13 @@ async fn write(
     let mut updated_ids = Vec::with_capacity(appends.len());
     let mut updated_revisions = Vec::with_capacity(appends.len());
     for append in appends {
-        let Some(&(id, last, lifecycle)) = streams.get(append.stream.as_str()) else {
+        let Some(&Locked {
+            id,
+            last_revision: last,
+            lifecycle,
+            ..
+        }) = streams.get(append.stream.as_str())
+        else {
             return Err(Failure::Database(sqlx::Error::Protocol(format!(
                 "locking stream {} returned no row",
                 append.stream
@@ -221,7 +242,12 @@ async fn write(
         updated_revisions.push(revision - 1);
     }
 
-    let row = sqlx::query(INSERT_EVENTS)
+    let insert = if in_caller_tx {
+        INSERT_NEXT.as_str()
+    } else {
+        INSERT_FIRST.as_str()
+    };
+    let row = sqlx::query(sqlx::AssertSqlSafe(insert))
         .bind(&stream_ids)
         .bind(&revisions)
         .bind(&ids)
@@ -247,6 +273,26 @@ async fn write(
         }));
     }
 
+    // Inside the caller's transaction the transaction id may predate the stream's last
+    // append (taken at the caller's first write, before that append committed); these
+    // events would then sit before it in $all, against the stream's order.
+    if let Some(append) = appends.iter().find(|append| {
+        streams
+            .get(append.stream.as_str())
+            .and_then(|s| s.last_position)
+            .is_some_and(|p| (p >> RANK_BITS) > xid)
+    }) {
+        return Err(Failure::Refused(WriteError::Storage(StorageError::new(
+            StorageErrorKind::Unavailable,
+            format!(
+                "the transaction started writing before the last append to stream {} \
+                 committed, so its events cannot follow that append in $all; append in a \
+                 new transaction (or one whose first write is the append)",
+                append.stream
+            ),
+        ))));
+    }
+
     let mut results = Vec::with_capacity(appends.len());
     let mut offset = 0i64;
     for (append, last_revision) in appends.iter().zip(updated_revisions) {
@@ -257,6 +303,66 @@ async fn write(
         });
     }
     Ok(results)
+}
+
+/// A stream's state as its writer sees it once it holds the stream.
+#[derive(Clone, Copy)]
+pub(crate) struct Locked {
+    pub(crate) id: i64,
+    pub(crate) last_revision: Option<i64>,
+    pub(crate) lifecycle: i16,
+    /// The position of the stream's last event.
+    pub(crate) last_position: Option<i64>,
+}
+
+/// Takes the write locks of the streams `names` (see `cairn_lock_streams` in the schema),
+/// creating those that do not exist, and returns their state by name.
+pub(crate) async fn lock_streams(
+    conn: &mut PgConnection,
+    names: &[&str],
+) -> Result<HashMap<String, Locked>, sqlx::Error> {
+    let mut streams = HashMap::with_capacity(names.len());
+    let rows = sqlx::query(LOCK_STREAMS)
+        .bind(names)
+        .fetch_all(&mut *conn)
+        .await?;
+    let found = rows.len();
+    collect_locked(rows, &mut streams)?;
+    if found < names.len() {
+        // Nobody else creates them meanwhile: every writer of a stream holds its lock.
+        let missing: Vec<&str> = names
+            .iter()
+            .copied()
+            .filter(|name| !streams.contains_key(*name))
+            .collect();
+        let categories: Vec<&str> = missing.iter().map(|name| category_of(name)).collect();
+        let rows = sqlx::query(CREATE_STREAMS)
+            .bind(&missing)
+            .bind(&categories)
+            .fetch_all(&mut *conn)
+            .await?;
+        collect_locked(rows, &mut streams)?;
+    }
+    Ok(streams)
+}
+
+fn collect_locked(
+    rows: Vec<sqlx::postgres::PgRow>,
+    into: &mut HashMap<String, Locked>,
+) -> Result<(), sqlx::Error> {
+    for row in rows {
+        let name: String = row.try_get(1)?;
+        into.insert(
+            name,
+            Locked {
+                id: row.try_get(0)?,
+                last_revision: row.try_get(2)?,
+                lifecycle: row.try_get(3)?,
+                last_position: row.try_get(4)?,
+            },
+        );
+    }
+    Ok(())
 }
 
 /// Decides whether `appends` is a retry of an append already recorded: `Some(results)`

@@ -127,6 +127,14 @@ impl TableError {
     }
 }
 
+/// The SQLSTATE of a database error, if `error` is one.
+pub(crate) fn sqlstate(error: &sqlx::Error) -> Option<String> {
+    match error {
+        sqlx::Error::Database(db) => db.code().map(|code| code.into_owned()),
+        _ => None,
+    }
+}
+
 /// The constraint a database error names, if any.
 pub(crate) fn constraint(error: &sqlx::Error) -> Option<&str> {
     match error {

@@ -44,7 +44,8 @@
 //! Opening a store applies the embedded migrations ([`schema`]); tables are prefixed
 //! `cairn_` and live in the connection's default schema. `cairn_streams` holds one row per
 //! stream (its last revision, lifecycle and retention); `cairn_events` one row per event,
-//! keyed by position, unique by event id and by (stream, revision).
+//! keyed by position, unique by event id and by (stream, revision). The function
+//! `cairn_lock_streams` takes the per-stream write locks.
 //!
 //! # Gap safety: positions from transaction ids
 //!
@@ -54,7 +55,9 @@
 //! oldest transaction still in flight: everything below it has committed or never will, and
 //! every transaction that could still write has a larger id. So a reader can never skip an
 //! event that commits late with a smaller position, and no writer waits for another one:
-//! writers of different streams share no lock. An append acknowledged before another starts
+//! writers of different streams share no lock (each stream has an advisory lock of its
+//! own, taken before the transaction has an id, so that positions follow revisions inside
+//! a stream). An append acknowledged before another starts
 //! has the smaller positions, because the later one's transaction id is larger.
 //!
 //! The price: events of a committed transaction are held back while an older transaction

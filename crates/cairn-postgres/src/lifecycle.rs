@@ -1,18 +1,11 @@
-//! Stream lifecycle writes: retention metadata, soft delete and tombstone. Each locks the
-//! stream's row (creating it when the contract allows acting on a stream never written),
-//! checks, and updates it in one transaction.
+//! Stream lifecycle writes: retention metadata, soft delete and tombstone. Each takes the
+//! stream's write lock, as appends do (creating its row when the contract allows acting on
+//! a stream never written), checks, and updates the row in one transaction.
 
-use cairn_core::{CurrentRevision, ExpectedRevision, StreamMetadata, StreamName, WriteError};
-use sqlx::Row;
-
-use crate::append::{LIVE, SOFT_DELETED, TOMBSTONED, to_revision};
+use crate::append::{LIVE, SOFT_DELETED, TOMBSTONED, lock_streams, to_revision};
 use crate::read::clamp;
 use crate::store::PgStore;
-
-const LOCK_STREAM: &str = "
-    INSERT INTO cairn_streams AS s (name, category) VALUES ($1, $2)
-    ON CONFLICT (name) DO UPDATE SET name = EXCLUDED.name
-    RETURNING s.id, s.last_revision, s.lifecycle";
+use cairn_core::{CurrentRevision, ExpectedRevision, StreamMetadata, StreamName, WriteError};
 
 const SET_METADATA: &str = "
     UPDATE cairn_streams
@@ -109,15 +102,17 @@ pub(crate) async fn delete(
     Ok(())
 }
 
-/// Locks the stream's row, creating it if needed: (id, last revision, lifecycle).
+/// Takes the stream's write lock, creating its row if needed: (id, last revision,
+/// lifecycle).
 async fn lock(
     conn: &mut sqlx::PgConnection,
     stream: &StreamName,
 ) -> Result<(i64, Option<i64>, i16), sqlx::Error> {
-    let row = sqlx::query(LOCK_STREAM)
-        .bind(stream.as_str())
-        .bind(stream.category())
-        .fetch_one(conn)
-        .await?;
-    Ok((row.try_get(0)?, row.try_get(1)?, row.try_get(2)?))
+    let locked = lock_streams(conn, &[stream.as_str()]).await?;
+    let Some(state) = locked.get(stream.as_str()) else {
+        return Err(sqlx::Error::Protocol(format!(
+            "locking stream {stream} returned no row"
+        )));
+    };
+    Ok((state.id, state.last_revision, state.lifecycle))
 }

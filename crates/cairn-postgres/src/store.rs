@@ -215,7 +215,7 @@ impl PgStore {
         appends: Vec<StreamAppend>,
     ) -> Result<Vec<AppendResult>, WriteError> {
         validate_appends(&appends, self.inner.options.limits)?;
-        let results = append::append_on(self, tx, &appends).await?;
+        let results = append::append_on(self, tx, &appends, true).await?;
         sqlx::query("SELECT pg_notify($1, '')")
             .bind(crate::notify::CHANNEL)
             .execute(&mut **tx)
@@ -306,7 +306,7 @@ impl EventStore for PgStore {
             .acquire()
             .await
             .map_err(|error| self.storage("appending", error))?;
-        let results = append::append_on(self, &mut conn, &appends).await?;
+        let results = append::append_on(self, &mut conn, &appends, false).await?;
         self.signal_commit();
         Ok(results)
     }

@@ -405,3 +405,62 @@ async fn a_projection_resumes_from_its_checkpoint_with_effects_exactly_once() {
         Err(TableError::Invalid { .. })
     ));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transaction_older_than_a_streams_last_append_cannot_append_to_it() {
+    let db = TestDb::create().await;
+    let store = with_orders_table(&db).await;
+    let stream = StreamName::new("order-5").unwrap();
+    // The caller's transaction writes first (taking its transaction id) ...
+    let mut tx = store.begin().await.unwrap();
+    insert_order(&mut tx, 5, "placed").await;
+    // ... then another append to the stream commits ...
+    let other = store
+        .append(
+            &stream,
+            ExpectedRevision::NoStream,
+            vec![EventData::new("Placed", &b"{}"[..])],
+        )
+        .await
+        .unwrap();
+    // ... so appending after it from the older transaction would put the new event before
+    // it in $all.
+    let refused = store
+        .append_in_tx(
+            &mut tx,
+            part(
+                "order-5",
+                ExpectedRevision::Exact(0),
+                vec![EventData::new("Paid", &b"{}"[..])],
+            ),
+        )
+        .await;
+    match refused {
+        Err(WriteError::Storage(error)) => {
+            assert_eq!(error.kind(), cairn_core::StorageErrorKind::Unavailable);
+            assert!(error.message().contains("new transaction"), "{error}");
+        }
+        other => panic!("expected the append to be refused, got {other:?}"),
+    }
+    // The transaction is still usable, also for streams it may append to.
+    store
+        .append_in_tx(
+            &mut tx,
+            part(
+                "order-6",
+                ExpectedRevision::NoStream,
+                vec![EventData::new("Placed", &b"{}"[..])],
+            ),
+        )
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    let all = store.read_all(ReadAll::forwards()).await.unwrap();
+    let streams: Vec<&str> = all.events.iter().map(|e| e.stream.as_str()).collect();
+    assert_eq!(
+        streams,
+        vec!["order-6", "order-5"],
+        "order-6's transaction is older"
+    );
+    assert_eq!(all.events[1].position, other.position);
+}
