@@ -1,26 +1,23 @@
 //! The write path of an append: lock the streams, check expectations, insert the events at
 //! positions derived from the transaction id, and tell retries from reused ids.
 //!
-//! One append is one transaction (or, inside a caller's transaction, one savepoint) of
-//! three statements:
-//!
-//! 1. `cairn_lock_streams`, which takes a per-stream advisory lock for every named stream
-//!    (so writers of one stream queue there, and writers of different streams never meet)
-//!    and returns their state, creating the missing ones after it;
-//! 2. (in Rust) the expectation and tombstone checks;
-//! 3. one statement that takes the transaction id, inserts every event at
-//!    `xid * 2^20 + rank` and moves the streams' last revisions.
+//! One append is one call of the schema's `cairn_append` function: one round trip, one
+//! statement in autocommit (or, inside the caller's transaction, in a savepoint). It takes
+//! a per-stream advisory lock for every named stream (writers of one stream queue there;
+//! writers of different streams never meet), checks each part's expectation, takes the
+//! transaction id and inserts every event at `xid * 2^20 + rank` (a stream's last revision
+//! is that of its last event, so an append does not update the stream's row). Its refusals come back as SQLSTATEs `CA001`..`CA004`, which [`refusal`] turns
+//! into the contract's errors.
 //!
 //! Idempotency costs nothing on the happy path: a retried id trips the unique index on
 //! event ids, and only then (or when an expectation fails) does [`find_retry`] compare the
 //! recorded events with the request.
 
 use std::collections::HashMap;
-use std::sync::LazyLock;
 
 use cairn_core::{
-    AppendResult, CurrentRevision, Position, Revision, StorageError, StorageErrorKind,
-    StreamAppend, Uuid, WriteError, category_of,
+    AppendResult, CurrentRevision, ExpectedRevision, Position, Revision, StorageError,
+    StorageErrorKind, StreamAppend, Uuid, WriteError, category_of,
 };
 use sqlx::{Connection, PgConnection, Row};
 
@@ -45,44 +42,11 @@ const CREATE_STREAMS: &str = "
     INSERT INTO cairn_streams (name, category)
     SELECT * FROM unnest($1::text[], $2::text[])
     ON CONFLICT (name) DO NOTHING
-    RETURNING id, name, last_revision, lifecycle, NULL::bigint";
+    RETURNING id, name, NULL::bigint, lifecycle";
 
-/// The first position of a transaction's events when it has written none yet.
-const FIRST_RANK: &str = "SELECT x.xid << 20 AS first FROM x";
-
-/// The first position of this append's events when the transaction may already have
-/// written some (inside the caller's transaction): after the last of them.
-const NEXT_RANK: &str = "
-    SELECT COALESCE(
-        (SELECT max(e.position) + 1 FROM cairn_events e, x
-          WHERE e.position >= x.xid << 20 AND e.position < (x.xid + 1) << 20),
-        (SELECT x.xid << 20 FROM x)) AS first";
-
-/// Inserts the events and moves the streams; `{base}` is [`FIRST_RANK`] or [`NEXT_RANK`].
-const INSERT_EVENTS: &str = "
-    WITH x AS (
-        SELECT pg_current_xact_id()::text::bigint AS xid,
-               (extract(epoch FROM clock_timestamp()) * 1000000)::bigint AS now_us
-    ), base AS ({base}), inserted AS (
-        INSERT INTO cairn_events
-            (position, stream_id, revision, id, event_type, content_type, metadata, payload,
-             recorded_us)
-        SELECT base.first + t.n - 1, t.stream_id, t.revision, t.id, t.event_type,
-               t.content_type, t.metadata, t.payload, x.now_us
-        FROM x, base, unnest($1::bigint[], $2::bigint[], $3::uuid[], $4::text[], $5::text[],
-                             $6::bytea[], $7::bytea[])
-             WITH ORDINALITY AS t(stream_id, revision, id, event_type, content_type, metadata,
-                                  payload, n)
-        RETURNING 1
-    ), updated AS (
-        UPDATE cairn_streams s
-        SET last_revision = u.last_revision,
-            lifecycle = CASE WHEN s.lifecycle = 1 THEN 0 ELSE s.lifecycle END
-        FROM unnest($8::bigint[], $9::bigint[]) AS u(id, last_revision)
-        WHERE s.id = u.id
-        RETURNING 1
-    )
-    SELECT (SELECT xid FROM x), (SELECT first FROM base), (SELECT count(*) FROM inserted)";
+const APPEND: &str = "
+    SELECT last_revision, last_position
+    FROM cairn_append($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)";
 
 const FIND_IDS: &str = "
     SELECT e.id, s.name, e.revision, e.position, e.event_type, e.content_type, e.metadata,
@@ -91,17 +55,9 @@ const FIND_IDS: &str = "
     WHERE e.id = ANY($1)";
 
 const STREAM_NOW: &str = "
-    SELECT s.lifecycle, s.last_revision,
+    SELECT s.lifecycle, NULL::bigint,
            (SELECT max(e.revision) FROM cairn_events e WHERE e.stream_id = s.id)
     FROM cairn_streams s WHERE s.name = $1";
-
-/// [`INSERT_EVENTS`] for a transaction that has written no event yet, which skips looking
-/// for earlier ones: that probe reads the hottest page of the position index.
-static INSERT_FIRST: LazyLock<String> =
-    LazyLock::new(|| INSERT_EVENTS.replace("{base}", FIRST_RANK));
-
-/// [`INSERT_EVENTS`] for a transaction that may have written events already.
-static INSERT_NEXT: LazyLock<String> = LazyLock::new(|| INSERT_EVENTS.replace("{base}", NEXT_RANK));
 
 /// Why one attempt did not commit.
 enum Failure {
@@ -131,25 +87,40 @@ pub(crate) async fn append_on(
     let mut attempt = 0;
     loop {
         attempt += 1;
-        let mut tx = conn
-            .begin()
-            .await
-            .map_err(|error| store.storage("beginning an append", error))?;
-        let failure = match write(&mut tx, appends, in_caller_tx).await {
-            Ok(results) => {
-                tx.commit()
-                    .await
-                    .map_err(|error| store.storage("committing an append", error))?;
-                return Ok(results);
+        let failure = if in_caller_tx {
+            // A savepoint, so that a refusal leaves the caller's transaction usable.
+            let mut tx = conn
+                .begin()
+                .await
+                .map_err(|error| store.storage("beginning an append", error))?;
+            match write(&mut tx, appends, true).await {
+                Ok(results) => {
+                    tx.commit()
+                        .await
+                        .map_err(|error| store.storage("releasing an append's savepoint", error))?;
+                    return Ok(results);
+                }
+                Err(failure) => {
+                    if let Err(error) = tx.rollback().await {
+                        return Err(match failure {
+                            Failure::Database(original) => {
+                                store.storage("appending", original).into()
+                            }
+                            Failure::Refused(_) => {
+                                store.storage("rolling back an append", error).into()
+                            }
+                        });
+                    }
+                    failure
+                }
             }
-            Err(failure) => failure,
+        } else {
+            // One statement in autocommit: its own transaction, committed when it returns.
+            match write(conn, appends, false).await {
+                Ok(results) => return Ok(results),
+                Err(failure) => failure,
+            }
         };
-        if let Err(error) = tx.rollback().await {
-            return Err(match failure {
-                Failure::Database(original) => store.storage("appending", original).into(),
-                Failure::Refused(_) => store.storage("rolling back an append", error).into(),
-            });
-        }
         match failure {
             Failure::Refused(refusal) => {
                 return match find_retry(store, conn, appends).await? {
@@ -178,131 +149,134 @@ pub(crate) async fn append_on(
     }
 }
 
-/// One attempt inside an open transaction.
+/// One attempt inside an open transaction: one call of `cairn_append` (see the schema).
 async fn write(
     conn: &mut PgConnection,
     appends: &[StreamAppend],
     in_caller_tx: bool,
 ) -> Result<Vec<AppendResult>, Failure> {
-    let mut names: Vec<&str> = appends.iter().map(|a| a.stream.as_str()).collect();
-    names.sort_unstable();
-    let streams = lock_streams(conn, &names).await?;
-
     let total: usize = appends.iter().map(|a| a.events.len()).sum();
-    let mut stream_ids = Vec::with_capacity(total);
-    let mut revisions = Vec::with_capacity(total);
+    let names: Vec<&str> = appends.iter().map(|a| a.stream.as_str()).collect();
+    let categories: Vec<&str> = appends.iter().map(|a| a.stream.category()).collect();
+    let mut kinds = Vec::with_capacity(appends.len());
+    let mut revisions = Vec::with_capacity(appends.len());
+    let mut counts = Vec::with_capacity(appends.len());
+    let mut parts = Vec::with_capacity(total);
+    let mut ranks = Vec::with_capacity(total);
     let mut ids = Vec::with_capacity(total);
     let mut types = Vec::with_capacity(total);
     let mut content_types = Vec::with_capacity(total);
     let mut metadata = Vec::with_capacity(total);
     let mut payloads = Vec::with_capacity(total);
-    let mut updated_ids = Vec::with_capacity(appends.len());
-    let mut updated_revisions = Vec::with_capacity(appends.len());
-    for append in appends {
-        let Some(&Locked {
-            id,
-            last_revision: last,
-            lifecycle,
-            ..
-        }) = streams.get(append.stream.as_str())
-        else {
-            return Err(Failure::Database(sqlx::Error::Protocol(format!(
-                "locking stream {} returned no row",
-                append.stream
-            ))));
+    for (index, append) in appends.iter().enumerate() {
+        let (kind, revision): (i16, i64) = match append.expected {
+            ExpectedRevision::Any => (0, 0),
+            ExpectedRevision::NoStream => (1, 0),
+            ExpectedRevision::StreamExists => (2, 0),
+            // A revision beyond bigint can never match a stored one.
+            ExpectedRevision::Exact(revision) => (3, i64::try_from(revision).unwrap_or(-1)),
         };
-        if lifecycle == TOMBSTONED {
-            return Err(Failure::Refused(WriteError::StreamDeleted {
-                stream: append.stream.clone(),
-            }));
-        }
-        let actual = match (lifecycle, last) {
-            (LIVE, Some(last)) => CurrentRevision::Revision(to_revision(last)),
-            _ => CurrentRevision::NoStream,
-        };
-        if !append.expected.is_satisfied_by(actual) {
-            return Err(Failure::Refused(WriteError::WrongExpectedRevision {
-                stream: append.stream.clone(),
-                expected: append.expected,
-                actual,
-            }));
-        }
-        let mut revision = last.map_or(0, |last| last + 1);
-        for event in &append.events {
-            stream_ids.push(id);
-            revisions.push(revision);
+        kinds.push(kind);
+        revisions.push(revision);
+        counts.push(i32::try_from(append.events.len()).unwrap_or(i32::MAX));
+        let part = i32::try_from(index + 1).unwrap_or(i32::MAX);
+        for (rank, event) in append.events.iter().enumerate() {
+            parts.push(part);
+            ranks.push(i32::try_from(rank).unwrap_or(i32::MAX));
             ids.push(event.id);
             types.push(event.event_type.as_str());
             content_types.push(event.content_type.as_str());
             metadata.push(encode_metadata(&event.metadata));
             payloads.push(event.payload.as_ref());
-            revision += 1;
         }
-        updated_ids.push(id);
-        updated_revisions.push(revision - 1);
     }
-
-    let insert = if in_caller_tx {
-        INSERT_NEXT.as_str()
-    } else {
-        INSERT_FIRST.as_str()
-    };
-    let row = sqlx::query(sqlx::AssertSqlSafe(insert))
-        .bind(&stream_ids)
+    let rows = sqlx::query(APPEND)
+        .bind(&names)
+        .bind(&categories)
+        .bind(&kinds)
         .bind(&revisions)
+        .bind(&counts)
+        .bind(&parts)
+        .bind(&ranks)
         .bind(&ids)
         .bind(&types)
         .bind(&content_types)
         .bind(&metadata)
         .bind(&payloads)
-        .bind(&updated_ids)
-        .bind(&updated_revisions)
-        .fetch_one(&mut *conn)
-        .await?;
-    let xid: i64 = row.try_get(0)?;
-    let first: i64 = row.try_get(1)?;
-    let inserted: i64 = row.try_get(2)?;
-    let last = first + inserted - 1;
-    if inserted != total as i64 || (last >> RANK_BITS) != xid {
-        return Err(Failure::Refused(WriteError::InvalidRequest {
-            reason: format!(
-                "one transaction can write at most {MAX_EVENTS_PER_TRANSACTION} events; this \
-                 one would write its event number {}",
-                (last - (xid << RANK_BITS)) + 1
-            ),
-        }));
-    }
-
-    // Inside the caller's transaction the transaction id may predate the stream's last
-    // append (taken at the caller's first write, before that append committed); these
-    // events would then sit before it in $all, against the stream's order.
-    if let Some(append) = appends.iter().find(|append| {
-        streams
-            .get(append.stream.as_str())
-            .and_then(|s| s.last_position)
-            .is_some_and(|p| (p >> RANK_BITS) > xid)
-    }) {
-        return Err(Failure::Refused(WriteError::Storage(StorageError::new(
-            StorageErrorKind::Unavailable,
-            format!(
-                "the transaction started writing before the last append to stream {} \
-                 committed, so its events cannot follow that append in $all; append in a \
-                 new transaction (or one whose first write is the append)",
-                append.stream
-            ),
-        ))));
-    }
-
+        .bind(in_caller_tx)
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(|error| refusal(error, appends))?;
     let mut results = Vec::with_capacity(appends.len());
-    let mut offset = 0i64;
-    for (append, last_revision) in appends.iter().zip(updated_revisions) {
-        offset += append.events.len() as i64;
+    for row in rows {
         results.push(AppendResult {
-            revision: to_revision(last_revision),
-            position: to_position(first + offset - 1),
+            revision: to_revision(row.try_get(0)?),
+            position: to_position(row.try_get(1)?),
         });
     }
+    if results.len() != appends.len() {
+        return Err(Failure::Database(sqlx::Error::Protocol(format!(
+            "an append of {} parts returned {} results",
+            appends.len(),
+            results.len()
+        ))));
+    }
     Ok(results)
+}
+
+/// Turns the refusals `cairn_append` raises into the contract's errors.
+fn refusal(error: sqlx::Error, appends: &[StreamAppend]) -> Failure {
+    let Some(code) = sqlstate(&error) else {
+        return Failure::Database(error);
+    };
+    let (part, detail) = match &error {
+        sqlx::Error::Database(db) => {
+            let part = db
+                .message()
+                .parse::<usize>()
+                .ok()
+                .and_then(|part| part.checked_sub(1))
+                .and_then(|index| appends.get(index));
+            let detail = db
+                .try_downcast_ref::<sqlx::postgres::PgDatabaseError>()
+                .and_then(|pg| pg.detail())
+                .map(str::to_owned);
+            (part, detail)
+        }
+        _ => (None, None),
+    };
+    let Some(append) = part else {
+        return Failure::Database(error);
+    };
+    let stream = append.stream.clone();
+    Failure::Refused(match code.as_str() {
+        "CA001" => {
+            let actual = match detail.as_deref().map(str::parse::<i64>) {
+                Some(Ok(revision)) => CurrentRevision::Revision(to_revision(revision)),
+                _ => CurrentRevision::NoStream,
+            };
+            WriteError::WrongExpectedRevision {
+                stream,
+                expected: append.expected,
+                actual,
+            }
+        }
+        "CA002" => WriteError::StreamDeleted { stream },
+        "CA003" => WriteError::Storage(StorageError::new(
+            StorageErrorKind::Unavailable,
+            format!(
+                "the transaction started writing before the last append to stream {stream} \
+                 committed, so its events cannot follow that append in $all; append in a new \
+                 transaction (or one whose first write is the append)"
+            ),
+        )),
+        "CA004" => WriteError::InvalidRequest {
+            reason: format!(
+                "one transaction can write at most {MAX_EVENTS_PER_TRANSACTION} events"
+            ),
+        },
+        _ => return Failure::Database(error),
+    })
 }
 
 /// A stream's state as its writer sees it once it holds the stream.
@@ -311,8 +285,6 @@ pub(crate) struct Locked {
     pub(crate) id: i64,
     pub(crate) last_revision: Option<i64>,
     pub(crate) lifecycle: i16,
-    /// The position of the stream's last event.
-    pub(crate) last_position: Option<i64>,
 }
 
 /// Takes the write locks of the streams `names` (see `cairn_lock_streams` in the schema),
@@ -358,7 +330,6 @@ fn collect_locked(
                 id: row.try_get(0)?,
                 last_revision: row.try_get(2)?,
                 lifecycle: row.try_get(3)?,
-                last_position: row.try_get(4)?,
             },
         );
     }

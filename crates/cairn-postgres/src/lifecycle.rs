@@ -13,7 +13,7 @@ const SET_METADATA: &str = "
     WHERE id = $1";
 
 const SOFT_DELETE: &str = "
-    UPDATE cairn_streams SET lifecycle = 1, deleted_before = last_revision + 1 WHERE id = $1";
+    UPDATE cairn_streams SET lifecycle = 1, deleted_before = $2 + 1 WHERE id = $1";
 
 const TOMBSTONE: &str = "UPDATE cairn_streams SET lifecycle = 2 WHERE id = $1";
 
@@ -89,6 +89,7 @@ pub(crate) async fn delete(
     } else if actual != CurrentRevision::NoStream && lifecycle != SOFT_DELETED {
         sqlx::query(SOFT_DELETE)
             .bind(id)
+            .bind(last)
             .execute(&mut *tx)
             .await
             .map_err(failed)?;

@@ -38,7 +38,8 @@ const VISIBLE: &str = "
         COALESCE(s.truncate_before, 0),
         COALESCE(s.deleted_before, 0),
         CASE WHEN s.max_count IS NULL THEN 0
-             ELSE COALESCE(s.last_revision, 0) + 1 - s.max_count END)
+             ELSE COALESCE((SELECT max(l.revision) FROM cairn_events l
+                            WHERE l.stream_id = s.id), 0) + 1 - s.max_count END)
     AND (s.max_age_us IS NULL
          OR e.recorded_us >= (extract(epoch FROM clock_timestamp()) * 1000000)::bigint
                              - s.max_age_us)";
@@ -53,12 +54,16 @@ const SETTLE: &str = "
 const HORIZON: &str = "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint";
 
 const STREAM_INFO: &str = "
-    SELECT name, lifecycle, last_revision, metadata FROM cairn_streams WHERE name = $1";
+    SELECT s.name, s.lifecycle,
+           (SELECT max(e.revision) FROM cairn_events e WHERE e.stream_id = s.id), s.metadata
+    FROM cairn_streams s WHERE s.name = $1";
 
 const LIST_STREAMS: &str = "
-    SELECT name, lifecycle, last_revision, metadata FROM cairn_streams
-    WHERE $1::text IS NULL OR name > $1
-    ORDER BY name LIMIT $2";
+    SELECT s.name, s.lifecycle,
+           (SELECT max(e.revision) FROM cairn_events e WHERE e.stream_id = s.id), s.metadata
+    FROM cairn_streams s
+    WHERE $1::text IS NULL OR s.name > $1
+    ORDER BY s.name LIMIT $2";
 
 /// The SQL of a forwards or backwards `$all` page: `$1` the position to start from, `$2`
 /// the limit, `$3`..`$5` the filter. The first column is the horizon, the rest the event
