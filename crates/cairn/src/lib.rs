@@ -57,6 +57,7 @@
 //! | `memory` | yes     | [`memory`]: the in-memory reference store, `cairn-memory`. |
 //! | `cli`    | yes     | The `cairn` program (command line and `cairn bench`); implies `log`. A library user can turn it off with `default-features = false`. |
 //! | `peers`  | no      | `cairn bench --compare postgres,nats`: the same workloads against PostgreSQL and NATS JetStream, side by side; implies `cli`. |
+//! | `postgres` | no    | `cairn bench --store postgres`: the workloads on `cairn-postgres`, with its own targets, beside the naive insert of `--compare postgres`; implies `peers`. |
 
 pub use cairn_core::*;
 
