@@ -83,6 +83,8 @@
 //! serialization failure are [`Unavailable`](cairn_core::StorageErrorKind::Unavailable).
 //! Opening fails with [`ConnectError`], which names the URL without its password.
 
+#![deny(clippy::unwrap_used, clippy::indexing_slicing)]
+
 mod append;
 pub mod checkpoints;
 mod error;

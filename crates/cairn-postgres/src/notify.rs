@@ -5,7 +5,7 @@
 //!   task to send one `NOTIFY` on [`CHANNEL`]. The notify is sent after the commit, in its
 //!   own statement, because a `NOTIFY` inside a transaction takes a cluster-wide lock at
 //!   commit, which would make every append wait for the others. Requests that pile up while
-//!   one `NOTIFY` is on its way collapse into the next one.
+//!   one `NOTIFY` is on its way, or in the short pause after it, collapse into the next one.
 //! - The **listener** task holds its own connection, `LISTEN`s on [`CHANNEL`] and bumps the
 //!   counter for every notification. When its connection drops it reconnects (with
 //!   backoff) and bumps the counter, since notifications sent meanwhile are lost.
@@ -31,6 +31,12 @@ use crate::PgOptions;
 /// The channel every store of a database notifies and listens on.
 pub const CHANNEL: &str = "cairn_events";
 
+/// The least time between two `NOTIFY`s of one store: each is a transaction of its own that
+/// takes the cluster-wide notification lock, so a writer committing thousands of appends a
+/// second sends a few hundred. Subscribers in other processes wait this long at most
+/// (those of this process are woken directly).
+const NOTIFY_SPACING: Duration = Duration::from_millis(2);
+
 /// The longest the listener waits between reconnection attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
@@ -46,6 +52,8 @@ pub(crate) fn spawn_notifier(pool: PgPool, requests: Arc<Notify>) -> JoinHandle<
                 // Subscribers elsewhere fall back to polling; nothing is lost.
                 tracing::debug!(%error, "could not send a commit notification");
             }
+            // Commits during the pause are covered by the next notification.
+            tokio::time::sleep(NOTIFY_SPACING).await;
         }
     })
 }

@@ -389,6 +389,8 @@ pub(crate) fn clamp(value: u64) -> i64 {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
+
     use super::*;
     use cairn_core::Revision;
 

@@ -113,6 +113,8 @@ pub async fn schema_version(conn: &mut PgConnection) -> Result<i32, SchemaError>
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
+
     use super::*;
 
     #[test]

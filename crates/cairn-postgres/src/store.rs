@@ -25,6 +25,9 @@ use crate::options::PgOptions;
 use crate::schema::{SCHEMA_VERSION, migrate, schema_version};
 use crate::{append, lifecycle, read};
 
+/// How long a pooled connection sits idle before it is pinged when next acquired.
+const IDLE_BEFORE_PING: Duration = Duration::from_secs(10);
+
 /// An event store in a PostgreSQL database. Cheap to clone: clones share one connection
 /// pool and one notification listener.
 ///
@@ -137,9 +140,22 @@ impl PgStore {
                 source,
             });
         }
+        // A connection is checked with a ping only when it sat idle for a while (when it is
+        // most likely to have been dropped): a ping on every acquire would cost every append
+        // a round trip. A connection that died since its last use fails its next operation
+        // with an `Unavailable` error, which appends may retry (they are idempotent).
         let pool = PgPoolOptions::new()
             .max_connections(options.max_connections)
             .acquire_timeout(options.acquire_timeout)
+            .test_before_acquire(false)
+            .before_acquire(|conn, meta| {
+                Box::pin(async move {
+                    if meta.idle_for >= IDLE_BEFORE_PING {
+                        sqlx::Connection::ping(conn).await?;
+                    }
+                    Ok(true)
+                })
+            })
             .connect_lazy_with(connect.clone());
 
         let (changes, _) = watch::channel(0);
