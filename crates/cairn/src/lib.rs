@@ -58,6 +58,7 @@
 //! | `es`     | with `cli` | [`es`]: event sourcing (deciders, repository, snapshots, upcasting, test kit), `cairn-es`. |
 //! | `cli`    | yes     | The `cairn` program (command line and `cairn bench`); implies `log` and `es`. A library user can turn it off with `default-features = false`. |
 //! | `peers`  | no      | `cairn bench --compare postgres,nats`: the same workloads against PostgreSQL and NATS JetStream, side by side; implies `cli`. |
+//! | `postgres` | no    | `cairn bench --store postgres`: the workloads on `cairn-postgres`, with its own targets, beside the naive insert of `--compare postgres`; implies `peers`. |
 
 pub use cairn_core::*;
 

@@ -334,6 +334,67 @@ fn an_unreachable_peer_is_named_with_its_address() {
     }
 }
 
+#[cfg(not(feature = "postgres"))]
+#[test]
+fn benching_postgres_needs_the_postgres_feature() {
+    let dir = TempPath::new("nopostgres");
+    let mut args = TINY.to_vec();
+    args.extend(["--store", "postgres"]);
+    let run = bench(dir.path(), &args);
+    assert_eq!(run.code, Some(2), "{}", run.stderr);
+    assert!(run.stderr.contains("`postgres` feature"), "{}", run.stderr);
+    assert!(!dir.path().exists());
+}
+
+#[cfg(feature = "postgres")]
+#[test]
+fn the_postgres_store_runs_the_workloads_beside_the_naive_insert() {
+    let dir = TempPath::new("pgstore");
+    let mut args = TINY.to_vec();
+    args.extend([
+        "--store",
+        "postgres",
+        "--compare",
+        "postgres",
+        "--workload",
+        "append-1w,batch-16w,latency,read-all",
+    ]);
+    let run = bench(dir.path(), &args);
+    let report = report(&run);
+    for name in ["append-1w", "batch-16w", "latency", "read-all"] {
+        assert_measured(workload(&report, name));
+    }
+    let append = workload(&report, "append-1w");
+    let naive = &append["peers"].as_array().expect("peer results")[0];
+    assert_eq!(naive["peer"], "postgres", "{append}");
+    assert_measured(naive);
+    // The PostgreSQL targets apply, not the embedded engine's.
+    assert_eq!(
+        append["target"]["goal"], ">= 0.8 x naive insert",
+        "{append}"
+    );
+    assert_eq!(
+        workload(&report, "batch-16w")["target"]["goal"],
+        ">= 80,000 ev/s"
+    );
+    assert_eq!(
+        workload(&report, "latency")["target"]["goal"],
+        "p99 <= 20,000 µs"
+    );
+    let notes = report["notes"].to_string();
+    assert!(notes.contains("cairn-postgres"), "{notes}");
+    // Every event written was read back from $all.
+    let written: u64 = ["append-1w", "batch-16w", "latency"]
+        .iter()
+        .map(|name| workload(&report, name)["events"].as_u64().unwrap())
+        .sum();
+    assert_eq!(
+        workload(&report, "read-all")["events"].as_u64(),
+        Some(written)
+    );
+    assert!(!dir.path().exists());
+}
+
 #[test]
 fn the_open_workload_reports_both_opens_with_their_memory() {
     let dir = TempPath::new("open");

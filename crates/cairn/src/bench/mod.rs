@@ -18,6 +18,11 @@
 //! | `open`       | opens a store of `--open-events` in `--open-streams` (10 M in 1 M by default), after a clean close and as after a crash; run only when named |
 //! | `es`         | event sourcing ([`es`]): `es-commands`, 64 clients running commands through a repository; `es-load`, loading an aggregate of 1 M events with a snapshot per 1,000; run only when named (`cairn bench es`) |
 //!
+//! `--store postgres` runs the write, latency and read workloads on `cairn-postgres`
+//! instead, on a database created for the run ([`subject`]), with the PostgreSQL targets of
+//! its own (32 writers at >= 0.8 x the naive insert, batches at >= 80,000 ev/s, p99 delivery
+//! <= 20 ms at 2,000 ev/s); `--compare postgres` puts the naive insert beside it.
+//!
 //! Modules: [`store`] runs the workloads on Cairn, [`peers`] on the peers, [`probe`] the
 //! disk probe, [`stats`] the percentiles, [`progress`] the progress line, [`report`] the
 //! output.
@@ -30,6 +35,7 @@ mod progress;
 mod report;
 mod stats;
 mod store;
+mod subject;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -44,6 +50,7 @@ use peers::Peer;
 use progress::Progress;
 use report::{Conditions, PeerResult, Probes, Report, Target, WorkloadResult, micros, thousands};
 use stats::Percentiles;
+use subject::{StoreKind, Subject};
 
 /// Measures the store on this machine's disk.
 #[derive(Debug, Args)]
@@ -93,6 +100,11 @@ pub(crate) struct BenchArgs {
     #[arg(long, value_name = "N", default_value_t = 10_000,
           value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     rate: u32,
+
+    /// The store to measure: the embedded log, or cairn-postgres on a database created on
+    /// the --postgres-addr server for the run (needs a build with the `postgres` feature).
+    #[arg(long, value_name = "STORE", value_enum, default_value = "log")]
+    store: StoreKind,
 
     /// Run the write workloads against these peers too (comma-separated: postgres, nats);
     /// needs a build with the `peers` feature.
@@ -246,6 +258,13 @@ pub(crate) async fn run(global: &Global, args: BenchArgs) -> anyhow::Result<()> 
     let options = LogOptions::default().durability(global.durability);
     let store = LogStore::open(&store_dir, options)
         .with_context(|| format!("cannot open a store in {}", store_dir.display()))?;
+    let subject = match Subject::open(args.store, &store, &args.postgres_addr).await {
+        Ok(subject) => subject,
+        Err(error) => {
+            let _ = store.close().await;
+            return Err(error);
+        }
+    };
     let mut peers = Vec::new();
     for kind in dedup(&args.compare) {
         match Peer::connect(kind, &args.postgres_addr, &args.nats_addr).await {
@@ -254,6 +273,9 @@ pub(crate) async fn run(global: &Global, args: BenchArgs) -> anyhow::Result<()> 
                 let _ = store.close().await;
                 drop(store);
                 cleanup_peers(peers, progress).await;
+                if let Err(cleanup) = subject.cleanup().await {
+                    progress.note(&format!("cleaning up the store failed: {cleanup:#}"));
+                }
                 return Err(error);
             }
         }
@@ -278,6 +300,7 @@ pub(crate) async fn run(global: &Global, args: BenchArgs) -> anyhow::Result<()> 
     let bench = Bench {
         args: &args,
         store: &store,
+        subject: &subject,
         peers: &peers,
         progress,
     };
@@ -288,9 +311,11 @@ pub(crate) async fn run(global: &Global, args: BenchArgs) -> anyhow::Result<()> 
     let closed = store.close().await;
     drop(store);
     cleanup_peers(peers, progress).await;
+    let subject_removed = subject.cleanup().await;
     let removed = dir.remove();
     let report = outcome?;
     closed.context("closing the bench store failed")?;
+    subject_removed.context("removing the store's database failed")?;
     removed.context("removing the bench directory failed")?;
     let mut out = Printer::new(global.json);
     if out.json() {
@@ -362,7 +387,10 @@ fn plan(args: &BenchArgs) -> Vec<Workload> {
 /// One run's shared state.
 struct Bench<'a> {
     args: &'a BenchArgs,
+    /// The embedded store: its directory hosts the disk probe and the open workload.
     store: &'a LogStore,
+    /// The store the write, latency and read workloads measure.
+    subject: &'a Subject,
     peers: &'a [Peer],
     progress: Progress,
 }
@@ -422,7 +450,9 @@ impl Bench<'_> {
             if !wrote {
                 let stage = self.progress.stage("writing events for read-all", None);
                 let size = self.args.size as usize;
-                store::fill(self.store, self.args.count, size, &stage.counter()).await?;
+                self.subject
+                    .fill(self.args.count, size, &stage.counter())
+                    .await?;
                 stage.done("done").await;
                 notes.push(format!(
                     "read-all read {} events written just before it (16 writers, batches of 100)",
@@ -456,9 +486,17 @@ impl Bench<'_> {
         if conditions.build == "debug" {
             notes.push("a debug build: figures say little; use --release".to_owned());
         }
+        if let Some(described) = self.subject.describe() {
+            notes.push(described);
+        }
+        let postgres = self.subject.is_postgres();
         for workload in &mut workloads {
             if workload.target.is_none() {
-                workload.target = target(workload, probes.as_ref());
+                workload.target = if postgres {
+                    postgres_target(workload)
+                } else {
+                    target(workload, probes.as_ref())
+                };
             }
         }
         let noisy = probes.as_ref().is_some_and(Probes::noisy);
@@ -516,7 +554,7 @@ impl Bench<'_> {
     ) -> anyhow::Result<WorkloadResult> {
         let name = workload.name();
         let stage = self.progress.stage(name, Some(spec.duration));
-        let measured = store::append(self.store, name, spec, &stage.counter()).await?;
+        let measured = self.subject.append(name, spec, &stage.counter()).await?;
         stage.done(&summary(&measured)).await;
         let mut peers = Vec::new();
         for peer in self.peers {
@@ -554,14 +592,10 @@ impl Bench<'_> {
     async fn latency(&self) -> anyhow::Result<WorkloadResult> {
         let stage = self.progress.stage("latency", Some(self.args.duration));
         let size = self.args.size as usize;
-        let result = store::latency(
-            self.store,
-            self.args.rate,
-            self.args.duration,
-            size,
-            &stage.counter(),
-        )
-        .await?;
+        let result = self
+            .subject
+            .latency(self.args.rate, self.args.duration, size, &stage.counter())
+            .await?;
         let measured = result.measured;
         stage
             .done(&format!(
@@ -736,7 +770,7 @@ impl Bench<'_> {
 
     async fn read_all(&self) -> anyhow::Result<WorkloadResult> {
         let stage = self.progress.stage("read-all", None);
-        let (measured, bytes) = store::read_all(self.store, &stage.counter()).await?;
+        let (measured, bytes) = self.subject.read_all(&stage.counter()).await?;
         stage.done(&summary(&measured)).await;
         Ok(WorkloadResult {
             name: Workload::ReadAll.name().to_owned(),
@@ -804,6 +838,35 @@ fn target(workload: &WorkloadResult, probes: Option<&Probes>) -> Option<Target> 
         }),
         _ => None,
     }
+}
+
+/// The goals of `cairn-postgres` (`--store postgres`): gap safety costs at most 20 % of
+/// the naive insert at the same concurrency (when `--compare postgres` ran it), batches of
+/// 100 reach 80,000 ev/s, and a live subscriber gets an event within 20 ms (p99).
+fn postgres_target(workload: &WorkloadResult) -> Option<Target> {
+    if workload.name == "latency" {
+        return Some(Target {
+            goal: "p99 <= 20,000 µs".to_owned(),
+            measured: workload.latency.p99_us,
+            met: workload.latency.p99_us <= 20_000.0,
+        });
+    }
+    if workload.name == "read-all" || workload.name.starts_with("open") {
+        return None;
+    }
+    if workload.batch >= 100 {
+        return Some(Target {
+            goal: ">= 80,000 ev/s".to_owned(),
+            measured: workload.events_per_sec,
+            met: workload.events_per_sec >= 80_000.0,
+        });
+    }
+    let naive = workload.peers.iter().find(|p| p.peer == "postgres")?;
+    Some(Target {
+        goal: ">= 0.8 x naive insert".to_owned(),
+        measured: naive.cairn_ratio,
+        met: naive.cairn_ratio >= 0.8,
+    })
 }
 
 /// The open targets: at most `seconds` to open and 300 MB resident (measured: seconds).

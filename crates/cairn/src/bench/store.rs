@@ -1,6 +1,6 @@
-//! The workloads run against Cairn's embedded store ([`LogStore`]): concurrent appends,
-//! reading `$all` back from the page cache, and append-to-delivery latency through a live
-//! subscription.
+//! The workloads run against a Cairn store (the embedded [`LogStore`](cairn::log::LogStore),
+//! or with `--store postgres` the PostgreSQL store): concurrent appends, reading `$all`
+//! back, and append-to-delivery latency through a live subscription.
 //!
 //! Every writer appends to its own stream with [`ExpectedRevision::Any`], so writers never
 //! conflict and the figures measure the log, not optimistic retries.
@@ -11,7 +11,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use bytes::Bytes;
-use cairn::log::LogStore;
 use cairn::{
     EventData, EventFilter, EventStore, ExpectedRevision, MAX_PAGE_SIZE, ReadAll, StreamName,
     SubscribeAll, SubscriptionMessage,
@@ -42,8 +41,8 @@ pub(crate) fn payload(size: usize) -> Bytes {
 /// Runs a write workload: `spec.writers` tasks, each appending batches of `spec.batch`
 /// events to its own stream and awaiting each acknowledgement, until the workload's count
 /// or duration runs out.
-pub(crate) async fn append(
-    store: &LogStore,
+pub(crate) async fn append<S: EventStore + Clone>(
+    store: &S,
     workload: &str,
     spec: &AppendSpec,
     counter: &Arc<AtomicU64>,
@@ -99,8 +98,8 @@ fn capacity(appends: u64) -> usize {
 
 /// Reads the whole of `$all` forwards, page by page, counting events and payload bytes.
 /// Latencies are those of each page read.
-pub(crate) async fn read_all(
-    store: &LogStore,
+pub(crate) async fn read_all<S: EventStore>(
+    store: &S,
     counter: &Arc<AtomicU64>,
 ) -> anyhow::Result<(Measured, u64)> {
     let mut request = ReadAll::forwards().limit(MAX_PAGE_SIZE);
@@ -151,8 +150,8 @@ pub(crate) struct LatencyMeasured {
 ///
 /// The start time travels in the first 8 bytes of the payload (nanoseconds since the
 /// workload began), so no shared map sits between writer and subscriber.
-pub(crate) async fn latency(
-    store: &LogStore,
+pub(crate) async fn latency<S: EventStore + Clone>(
+    store: &S,
     rate: u32,
     duration: Duration,
     size: usize,
@@ -248,8 +247,8 @@ pub(crate) async fn latency(
 
 /// Writes `count` events (16 writers, batches of 100) so that `read-all` has something to
 /// read when no write workload ran before it.
-pub(crate) async fn fill(
-    store: &LogStore,
+pub(crate) async fn fill<S: EventStore + Clone>(
+    store: &S,
     count: u64,
     size: usize,
     counter: &Arc<AtomicU64>,

@@ -10,6 +10,9 @@ mod nats;
 #[cfg(feature = "peers")]
 mod postgres;
 
+#[cfg(feature = "postgres")]
+pub(crate) use postgres::split_addr;
+
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 

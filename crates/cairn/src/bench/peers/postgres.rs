@@ -250,7 +250,7 @@ async fn insert_loop(
 }
 
 /// Splits `host:port`, with `default_port` when no port is given.
-pub(super) fn split_addr(addr: &str, default_port: u16) -> anyhow::Result<(String, u16)> {
+pub(crate) fn split_addr(addr: &str, default_port: u16) -> anyhow::Result<(String, u16)> {
     match addr.rsplit_once(':') {
         Some((host, port)) if !host.is_empty() => {
             let port = port

@@ -1,0 +1,459 @@
+//! The write path of an append: lock the streams, check expectations, insert the events at
+//! positions derived from the transaction id, and tell retries from reused ids.
+//!
+//! One append is one call of the schema's `cairn_append` function: one round trip, one
+//! statement in autocommit (or, inside the caller's transaction, in a savepoint). It takes
+//! a per-stream advisory lock for every named stream (writers of one stream queue there;
+//! writers of different streams never meet), checks each part's expectation, takes the
+//! transaction id and inserts every event at `xid * 2^20 + rank` (a stream's last revision
+//! is that of its last event, so an append does not update the stream's row). Its refusals come back as SQLSTATEs `CA001`..`CA004`, which [`refusal`] turns
+//! into the contract's errors.
+//!
+//! Idempotency costs nothing on the happy path: a retried id trips the unique index on
+//! event ids, and only then (or when an expectation fails) does [`find_retry`] compare the
+//! recorded events with the request.
+
+use std::collections::HashMap;
+
+use cairn_core::{
+    AppendResult, CurrentRevision, ExpectedRevision, Position, Revision, StorageError,
+    StorageErrorKind, StreamAppend, Uuid, WriteError, category_of,
+};
+use sqlx::{Connection, PgConnection, Row};
+
+use crate::error::{constraint, sqlstate};
+use crate::read::{decode_metadata, encode_metadata};
+use crate::store::PgStore;
+
+/// Bits of a position that rank an event inside its transaction.
+pub(crate) const RANK_BITS: u32 = 20;
+
+/// The most events one transaction can write: 2^20.
+pub const MAX_EVENTS_PER_TRANSACTION: u64 = 1 << RANK_BITS;
+
+/// Stream lifecycle codes, as stored.
+pub(crate) const LIVE: i16 = 0;
+pub(crate) const SOFT_DELETED: i16 = 1;
+pub(crate) const TOMBSTONED: i16 = 2;
+
+const LOCK_STREAMS: &str = "SELECT * FROM cairn_lock_streams($1)";
+
+const CREATE_STREAMS: &str = "
+    INSERT INTO cairn_streams (name, category)
+    SELECT * FROM unnest($1::text[], $2::text[])
+    ON CONFLICT (name) DO NOTHING
+    RETURNING id, name, NULL::bigint, lifecycle";
+
+const APPEND: &str = "
+    SELECT last_revision, last_position
+    FROM cairn_append($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)";
+
+const FIND_IDS: &str = "
+    SELECT e.id, s.name, e.revision, e.position, e.event_type, e.content_type, e.metadata,
+           e.payload
+    FROM cairn_events e JOIN cairn_streams s ON s.id = e.stream_id
+    WHERE e.id = ANY($1)";
+
+const STREAM_NOW: &str = "
+    SELECT s.lifecycle, NULL::bigint,
+           (SELECT max(e.revision) FROM cairn_events e WHERE e.stream_id = s.id)
+    FROM cairn_streams s WHERE s.name = $1";
+
+/// Why one attempt did not commit.
+enum Failure {
+    /// The contract refuses the append (expectation, tombstone, size of a transaction).
+    Refused(WriteError),
+    /// The database failed or a constraint tripped.
+    Database(sqlx::Error),
+}
+
+impl From<sqlx::Error> for Failure {
+    fn from(error: sqlx::Error) -> Self {
+        Self::Database(error)
+    }
+}
+
+/// Appends `appends` (already validated) on `conn`, in a transaction of its own, or in a
+/// savepoint when `conn` is inside the caller's transaction (`in_caller_tx`).
+pub(crate) async fn append_on(
+    store: &PgStore,
+    conn: &mut PgConnection,
+    appends: &[StreamAppend],
+    in_caller_tx: bool,
+) -> Result<Vec<AppendResult>, WriteError> {
+    // A unique violation on an event id whose holder then rolled back finds no retry; the
+    // append is tried again, a bounded number of times.
+    const ATTEMPTS: usize = 3;
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let failure = if in_caller_tx {
+            // A savepoint, so that a refusal leaves the caller's transaction usable.
+            let mut tx = conn
+                .begin()
+                .await
+                .map_err(|error| store.storage("beginning an append", error))?;
+            match write(&mut tx, appends, true).await {
+                Ok(results) => {
+                    tx.commit()
+                        .await
+                        .map_err(|error| store.storage("releasing an append's savepoint", error))?;
+                    return Ok(results);
+                }
+                Err(failure) => {
+                    if let Err(error) = tx.rollback().await {
+                        return Err(match failure {
+                            Failure::Database(original) => {
+                                store.storage("appending", original).into()
+                            }
+                            Failure::Refused(_) => {
+                                store.storage("rolling back an append", error).into()
+                            }
+                        });
+                    }
+                    failure
+                }
+            }
+        } else {
+            // One statement in autocommit: its own transaction, committed when it returns.
+            match write(conn, appends, false).await {
+                Ok(results) => return Ok(results),
+                Err(failure) => failure,
+            }
+        };
+        match failure {
+            Failure::Refused(refusal) => {
+                return match find_retry(store, conn, appends).await? {
+                    Some(results) => Ok(results),
+                    None => Err(refusal),
+                };
+            }
+            Failure::Database(error) if constraint(&error) == Some("cairn_events_id_key") => {
+                if let Some(results) = find_retry(store, conn, appends).await? {
+                    return Ok(results);
+                }
+                if attempt >= ATTEMPTS {
+                    return Err(store.storage("appending", error).into());
+                }
+            }
+            Failure::Database(error) if constraint(&error) == Some("cairn_events_revision_key") => {
+                return Err(revision_conflict(store, conn, appends).await?);
+            }
+            // Stream locks are taken in one order, so appends cannot deadlock each other, but
+            // one can with a transaction holding other locks; PostgreSQL fails one of the two,
+            // and an append fails only after a few tries.
+            Failure::Database(error)
+                if sqlstate(&error).as_deref() == Some("40P01") && attempt < ATTEMPTS => {}
+            Failure::Database(error) => return Err(store.storage("appending", error).into()),
+        }
+    }
+}
+
+/// One attempt inside an open transaction: one call of `cairn_append` (see the schema).
+async fn write(
+    conn: &mut PgConnection,
+    appends: &[StreamAppend],
+    in_caller_tx: bool,
+) -> Result<Vec<AppendResult>, Failure> {
+    let total: usize = appends.iter().map(|a| a.events.len()).sum();
+    let names: Vec<&str> = appends.iter().map(|a| a.stream.as_str()).collect();
+    let categories: Vec<&str> = appends.iter().map(|a| a.stream.category()).collect();
+    let mut kinds = Vec::with_capacity(appends.len());
+    let mut revisions = Vec::with_capacity(appends.len());
+    let mut counts = Vec::with_capacity(appends.len());
+    let mut parts = Vec::with_capacity(total);
+    let mut ranks = Vec::with_capacity(total);
+    let mut ids = Vec::with_capacity(total);
+    let mut types = Vec::with_capacity(total);
+    let mut content_types = Vec::with_capacity(total);
+    let mut metadata = Vec::with_capacity(total);
+    let mut payloads = Vec::with_capacity(total);
+    for (index, append) in appends.iter().enumerate() {
+        let (kind, revision): (i16, i64) = match append.expected {
+            ExpectedRevision::Any => (0, 0),
+            ExpectedRevision::NoStream => (1, 0),
+            ExpectedRevision::StreamExists => (2, 0),
+            // A revision beyond bigint can never match a stored one.
+            ExpectedRevision::Exact(revision) => (3, i64::try_from(revision).unwrap_or(-1)),
+        };
+        kinds.push(kind);
+        revisions.push(revision);
+        counts.push(i32::try_from(append.events.len()).unwrap_or(i32::MAX));
+        let part = i32::try_from(index + 1).unwrap_or(i32::MAX);
+        for (rank, event) in append.events.iter().enumerate() {
+            parts.push(part);
+            ranks.push(i32::try_from(rank).unwrap_or(i32::MAX));
+            ids.push(event.id);
+            types.push(event.event_type.as_str());
+            content_types.push(event.content_type.as_str());
+            metadata.push(encode_metadata(&event.metadata));
+            payloads.push(event.payload.as_ref());
+        }
+    }
+    let rows = sqlx::query(APPEND)
+        .bind(&names)
+        .bind(&categories)
+        .bind(&kinds)
+        .bind(&revisions)
+        .bind(&counts)
+        .bind(&parts)
+        .bind(&ranks)
+        .bind(&ids)
+        .bind(&types)
+        .bind(&content_types)
+        .bind(&metadata)
+        .bind(&payloads)
+        .bind(in_caller_tx)
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(|error| refusal(error, appends))?;
+    let mut results = Vec::with_capacity(appends.len());
+    for row in rows {
+        results.push(AppendResult {
+            revision: to_revision(row.try_get(0)?),
+            position: to_position(row.try_get(1)?),
+        });
+    }
+    if results.len() != appends.len() {
+        return Err(Failure::Database(sqlx::Error::Protocol(format!(
+            "an append of {} parts returned {} results",
+            appends.len(),
+            results.len()
+        ))));
+    }
+    Ok(results)
+}
+
+/// Turns the refusals `cairn_append` raises into the contract's errors.
+fn refusal(error: sqlx::Error, appends: &[StreamAppend]) -> Failure {
+    let Some(code) = sqlstate(&error) else {
+        return Failure::Database(error);
+    };
+    let (part, detail) = match &error {
+        sqlx::Error::Database(db) => {
+            let part = db
+                .message()
+                .parse::<usize>()
+                .ok()
+                .and_then(|part| part.checked_sub(1))
+                .and_then(|index| appends.get(index));
+            let detail = db
+                .try_downcast_ref::<sqlx::postgres::PgDatabaseError>()
+                .and_then(|pg| pg.detail())
+                .map(str::to_owned);
+            (part, detail)
+        }
+        _ => (None, None),
+    };
+    let Some(append) = part else {
+        return Failure::Database(error);
+    };
+    let stream = append.stream.clone();
+    Failure::Refused(match code.as_str() {
+        "CA001" => {
+            let actual = match detail.as_deref().map(str::parse::<i64>) {
+                Some(Ok(revision)) => CurrentRevision::Revision(to_revision(revision)),
+                _ => CurrentRevision::NoStream,
+            };
+            WriteError::WrongExpectedRevision {
+                stream,
+                expected: append.expected,
+                actual,
+            }
+        }
+        "CA002" => WriteError::StreamDeleted { stream },
+        "CA003" => WriteError::Storage(StorageError::new(
+            StorageErrorKind::Unavailable,
+            format!(
+                "the transaction started writing before the last append to stream {stream} \
+                 committed, so its events cannot follow that append in $all; append in a new \
+                 transaction (or one whose first write is the append)"
+            ),
+        )),
+        "CA004" => WriteError::InvalidRequest {
+            reason: format!(
+                "one transaction can write at most {MAX_EVENTS_PER_TRANSACTION} events"
+            ),
+        },
+        _ => return Failure::Database(error),
+    })
+}
+
+/// A stream's state as its writer sees it once it holds the stream.
+#[derive(Clone, Copy)]
+pub(crate) struct Locked {
+    pub(crate) id: i64,
+    pub(crate) last_revision: Option<i64>,
+    pub(crate) lifecycle: i16,
+}
+
+/// Takes the write locks of the streams `names` (see `cairn_lock_streams` in the schema),
+/// creating those that do not exist, and returns their state by name.
+pub(crate) async fn lock_streams(
+    conn: &mut PgConnection,
+    names: &[&str],
+) -> Result<HashMap<String, Locked>, sqlx::Error> {
+    let mut streams = HashMap::with_capacity(names.len());
+    let rows = sqlx::query(LOCK_STREAMS)
+        .bind(names)
+        .fetch_all(&mut *conn)
+        .await?;
+    let found = rows.len();
+    collect_locked(rows, &mut streams)?;
+    if found < names.len() {
+        // Nobody else creates them meanwhile: every writer of a stream holds its lock.
+        let missing: Vec<&str> = names
+            .iter()
+            .copied()
+            .filter(|name| !streams.contains_key(*name))
+            .collect();
+        let categories: Vec<&str> = missing.iter().map(|name| category_of(name)).collect();
+        let rows = sqlx::query(CREATE_STREAMS)
+            .bind(&missing)
+            .bind(&categories)
+            .fetch_all(&mut *conn)
+            .await?;
+        collect_locked(rows, &mut streams)?;
+    }
+    Ok(streams)
+}
+
+fn collect_locked(
+    rows: Vec<sqlx::postgres::PgRow>,
+    into: &mut HashMap<String, Locked>,
+) -> Result<(), sqlx::Error> {
+    for row in rows {
+        let name: String = row.try_get(1)?;
+        into.insert(
+            name,
+            Locked {
+                id: row.try_get(0)?,
+                last_revision: row.try_get(2)?,
+                lifecycle: row.try_get(3)?,
+            },
+        );
+    }
+    Ok(())
+}
+
+/// Decides whether `appends` is a retry of an append already recorded: `Some(results)`
+/// when every event is recorded exactly as this request would record it, `None` when none
+/// is, [`WriteError::EventIdReused`] when some are or differ.
+async fn find_retry(
+    store: &PgStore,
+    conn: &mut PgConnection,
+    appends: &[StreamAppend],
+) -> Result<Option<Vec<AppendResult>>, WriteError> {
+    let ids: Vec<Uuid> = appends
+        .iter()
+        .flat_map(|a| a.events.iter().map(|e| e.id))
+        .collect();
+    let rows = sqlx::query(FIND_IDS)
+        .bind(&ids)
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(|error| store.storage("looking up event ids", error))?;
+    if rows.is_empty() {
+        return Ok(None);
+    }
+    let decode = |error: sqlx::Error| store.storage("decoding a recorded event", error);
+    let mut found = HashMap::with_capacity(rows.len());
+    for row in rows {
+        let id: Uuid = row.try_get(0).map_err(decode)?;
+        found.insert(id, row);
+    }
+    if found.len() < ids.len() {
+        let first = ids
+            .iter()
+            .find(|id| found.contains_key(id))
+            .copied()
+            .unwrap_or_default();
+        return Err(WriteError::EventIdReused { id: first });
+    }
+    let mut results = Vec::with_capacity(appends.len());
+    for append in appends {
+        let mut previous: Option<i64> = None;
+        let mut last = None;
+        for data in &append.events {
+            let reused = WriteError::EventIdReused { id: data.id };
+            let Some(row) = found.get(&data.id) else {
+                return Err(reused);
+            };
+            let stream: String = row.try_get(1).map_err(decode)?;
+            let revision: i64 = row.try_get(2).map_err(decode)?;
+            let position: i64 = row.try_get(3).map_err(decode)?;
+            let event_type: String = row.try_get(4).map_err(decode)?;
+            let content_type: String = row.try_get(5).map_err(decode)?;
+            let metadata: Vec<u8> = row.try_get(6).map_err(decode)?;
+            let payload: Vec<u8> = row.try_get(7).map_err(decode)?;
+            let same = stream == append.stream.as_str()
+                && previous.is_none_or(|p| revision == p + 1)
+                && event_type == data.event_type
+                && content_type == data.content_type
+                && payload == data.payload.as_ref()
+                && decode_metadata(&metadata).is_ok_and(|m| m == data.metadata);
+            if !same {
+                return Err(reused);
+            }
+            previous = Some(revision);
+            last = Some(AppendResult {
+                revision: to_revision(revision),
+                position: to_position(position),
+            });
+        }
+        results.extend(last);
+    }
+    Ok(Some(results))
+}
+
+/// The conflict to report when the unique index on (stream, revision) refused an insert:
+/// another writer put an event at a revision this append computed, so the stream is not
+/// where the append found it. Reports the first part whose expectation fails against the
+/// stream as it is now (or the first part, for expectations that held).
+async fn revision_conflict(
+    store: &PgStore,
+    conn: &mut PgConnection,
+    appends: &[StreamAppend],
+) -> Result<WriteError, WriteError> {
+    let mut first = None;
+    for append in appends {
+        let row = sqlx::query(STREAM_NOW)
+            .bind(append.stream.as_str())
+            .fetch_optional(&mut *conn)
+            .await
+            .map_err(|error| store.storage("reading a stream after a conflict", error))?;
+        let actual = match row {
+            Some(row) => {
+                let decode = |error| store.storage("decoding a stream", error);
+                let lifecycle: i16 = row.try_get(0).map_err(decode)?;
+                let last: Option<i64> = row.try_get(1).map_err(decode)?;
+                let highest: Option<i64> = row.try_get(2).map_err(decode)?;
+                match (lifecycle, last.max(highest)) {
+                    (LIVE, Some(last)) => CurrentRevision::Revision(to_revision(last)),
+                    _ => CurrentRevision::NoStream,
+                }
+            }
+            None => CurrentRevision::NoStream,
+        };
+        let conflict = WriteError::WrongExpectedRevision {
+            stream: append.stream.clone(),
+            expected: append.expected,
+            actual,
+        };
+        if !append.expected.is_satisfied_by(actual) {
+            return Ok(conflict);
+        }
+        first.get_or_insert(conflict);
+    }
+    first.ok_or_else(|| WriteError::InvalidRequest {
+        reason: "an append names no stream".to_owned(),
+    })
+}
+
+pub(crate) fn to_revision(value: i64) -> Revision {
+    Revision(u64::try_from(value).unwrap_or(0))
+}
+
+pub(crate) fn to_position(value: i64) -> Position {
+    Position(u64::try_from(value).unwrap_or(0))
+}

@@ -1,0 +1,125 @@
+//! Cairn's PostgreSQL event store: the [`EventStore`](cairn_core::EventStore) contract on
+//! a PostgreSQL database (13 or newer), for teams that already run PostgreSQL or have
+//! outgrown one machine.
+//!
+//! [`PgStore`] passes the same `cairn-conformance` suite as the other backends. Beside the
+//! events, the same database holds an **outbox**, an **inbox** and **checkpoints**
+//! ([`outbox`], [`inbox`], [`checkpoints`]), which an application writes in its own
+//! transaction together with its events ([`PgStore::append_in_tx`]), so that a handler's
+//! effects and its progress commit as one.
+//!
+//! # Examples
+//!
+//! ```no_run
+//! use cairn_core::{EventData, EventStore, ExpectedRevision, StreamName};
+//! use cairn_postgres::PgStore;
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let store = PgStore::connect("postgres://app@127.0.0.1/app").await?;
+//! let stream = StreamName::new("order-1")?;
+//! store
+//!     .append(&stream, ExpectedRevision::NoStream, vec![EventData::new("Placed", &b"{}"[..])])
+//!     .await?;
+//!
+//! // The application's row and its event, atomically.
+//! let mut tx = store.begin().await?;
+//! sqlx::query("UPDATE orders SET state = 'paid' WHERE id = 1").execute(&mut *tx).await?;
+//! store
+//!     .append_in_tx(
+//!         &mut tx,
+//!         vec![cairn_core::StreamAppend::new(
+//!             stream,
+//!             ExpectedRevision::Exact(0),
+//!             vec![EventData::new("Paid", &b"{}"[..])],
+//!         )],
+//!     )
+//!     .await?;
+//! tx.commit().await?;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Schema
+//!
+//! Opening a store applies the embedded migrations ([`schema`]); tables are prefixed
+//! `cairn_` and live in the connection's default schema. `cairn_streams` holds one row per
+//! stream (its last revision, lifecycle and retention); `cairn_events` one row per event,
+//! keyed by position, unique by event id and by (stream, revision). The function
+//! `cairn_lock_streams` takes the per-stream write locks.
+//!
+//! # Gap safety: positions from transaction ids
+//!
+//! A position is `xid * 2^20 + rank`: the id of the transaction that wrote the event
+//! (`pg_current_xact_id()`) and the event's rank inside that transaction. Readers of `$all`
+//! are handed only positions below `pg_snapshot_xmin(pg_current_snapshot()) * 2^20`, the
+//! oldest transaction still in flight: everything below it has committed or never will, and
+//! every transaction that could still write has a larger id. So a reader can never skip an
+//! event that commits late with a smaller position, and no writer waits for another one:
+//! writers of different streams share no lock (each stream has an advisory lock of its
+//! own, taken before the transaction has an id, so that positions follow revisions inside
+//! a stream). An append acknowledged before another starts
+//! has the smaller positions, because the later one's transaction id is larger.
+//!
+//! The price: events of a committed transaction are held back while an older transaction
+//! (of any database of the cluster) is still running, and `$all` reads wait for it
+//! ([`PgOptions::release_timeout`]); long transactions, including the application's own
+//! around [`PgStore::append_in_tx`], delay `$all` readers. One transaction writes at most
+//! [`MAX_EVENTS_PER_TRANSACTION`] events, and positions stay within `bigint` for 2^43
+//! transaction ids of the cluster's life.
+//!
+//! # Live subscriptions
+//!
+//! Subscriptions use the shared driver of `cairn-core`; they are woken by this process's
+//! commits and by `LISTEN`/`NOTIFY` from every process, and poll every
+//! [`PgOptions::poll_interval`] as the fallback. Their reads retry through a lost
+//! connection ([`PgOptions::subscription_retry`]), resuming from their cursor, so they
+//! neither lose nor repeat an event.
+//!
+//! # Errors
+//!
+//! Contract operations return the contract's errors. Database failures become
+//! [`StorageError`](cairn_core::StorageError)s whose kind says whether a retry can help: a
+//! lost connection, an exhausted pool (after [`PgOptions::acquire_timeout`]) or a
+//! serialization failure are [`Unavailable`](cairn_core::StorageErrorKind::Unavailable).
+//! Opening fails with [`ConnectError`], which names the URL without its password.
+
+#![deny(clippy::unwrap_used, clippy::indexing_slicing)]
+
+mod append;
+pub mod checkpoints;
+mod error;
+pub mod inbox;
+mod lifecycle;
+mod notify;
+mod options;
+pub mod outbox;
+mod read;
+pub mod schema;
+mod store;
+
+pub use append::MAX_EVENTS_PER_TRANSACTION;
+pub use error::{ConnectError, SchemaError, TableError, redact_url};
+pub use notify::CHANNEL;
+pub use options::PgOptions;
+pub use schema::SCHEMA_VERSION;
+pub use store::PgStore;
+
+pub use sqlx;
+
+/// The longest consumer, subscriber or topic name accepted, in bytes.
+pub const MAX_NAME_LEN: usize = 256;
+
+/// Checks a consumer, subscriber or topic name: 1 to [`MAX_NAME_LEN`] bytes, no control
+/// characters.
+fn validate_name(what: &'static str, name: &str) -> Result<(), TableError> {
+    let reason = if name.is_empty() {
+        "it is empty".to_owned()
+    } else if name.len() > MAX_NAME_LEN {
+        format!("it is {} bytes; the limit is {MAX_NAME_LEN}", name.len())
+    } else if name.chars().any(char::is_control) {
+        "it contains a control character".to_owned()
+    } else {
+        return Ok(());
+    };
+    Err(TableError::Invalid { what, reason })
+}

@@ -1,0 +1,13 @@
+//! PostgreSQL-specific behaviour beyond the shared contract: schema migrations, gap safety
+//! of `$all` under concurrent writers, live subscriptions through lost connections, the
+//! tables written in the application's transactions, and faults. Every test runs on a
+//! database of its own.
+
+#[path = "../support/mod.rs"]
+mod support;
+
+mod faults;
+mod gaps;
+mod live;
+mod schema;
+mod tables;

@@ -1,0 +1,163 @@
+//! Test databases on the PostgreSQL server of this machine: every test creates its own,
+//! with a unique name, and drops it when the guard goes (also when the test fails).
+//!
+//! The server is `postgres://root@127.0.0.1:5432` unless `CAIRN_TEST_POSTGRES` names
+//! another (a URL without a database). Databases left behind by test processes that died
+//! are dropped by the next test that creates one.
+
+#![allow(dead_code, unreachable_pub)]
+
+use std::sync::{Arc, Mutex, PoisonError};
+
+use cairn_postgres::{PgOptions, PgStore};
+use sqlx::{Connection, PgConnection};
+use uuid::Uuid;
+
+/// The prefix of every test database's name.
+const PREFIX: &str = "cairn_test_";
+
+/// The server's URL, without a database.
+pub fn server_url() -> String {
+    std::env::var("CAIRN_TEST_POSTGRES")
+        .unwrap_or_else(|_| "postgres://root@127.0.0.1:5432".to_owned())
+}
+
+/// The URL of a database of the server.
+pub fn database_url(database: &str) -> String {
+    format!("{}/{database}", server_url())
+}
+
+/// A database that exists for as long as this guard.
+pub struct TestDb {
+    name: String,
+    url: String,
+}
+
+impl TestDb {
+    /// Creates a fresh, empty database.
+    pub async fn create() -> Self {
+        let mut admin = PgConnection::connect(&database_url("postgres"))
+            .await
+            .expect("the test PostgreSQL server at 127.0.0.1:5432 is reachable");
+        sweep_stale(&mut admin).await;
+        let random = Uuid::now_v7().simple().to_string();
+        let name = format!("{PREFIX}{}_{}", std::process::id(), &random[20..]);
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{name}\"")))
+            .execute(&mut admin)
+            .await
+            .expect("creating a test database");
+        let _ = admin.close().await;
+        let url = database_url(&name);
+        Self { name, url }
+    }
+
+    /// The database's URL.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// The database's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// A store on this database with default options, except a short poll interval.
+    pub async fn store(&self) -> PgStore {
+        self.store_with(test_options()).await
+    }
+
+    /// A store on this database with `options`.
+    pub async fn store_with(&self, options: PgOptions) -> PgStore {
+        PgStore::connect_with(&self.url, options)
+            .await
+            .expect("the store opens on a fresh test database")
+    }
+
+    /// A plain connection to this database.
+    pub async fn connect(&self) -> PgConnection {
+        PgConnection::connect(&self.url)
+            .await
+            .expect("connecting to the test database")
+    }
+}
+
+/// Options for tests: the defaults, with a pool large enough for the concurrent cases.
+pub fn test_options() -> PgOptions {
+    PgOptions::default().max_connections(24)
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let name = std::mem::take(&mut self.name);
+        // Drop may run inside a runtime, which cannot block on another future: use a
+        // thread with a runtime of its own.
+        let dropped = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a runtime to drop the test database");
+            runtime.block_on(drop_database(&name));
+        })
+        .join();
+        if dropped.is_err() {
+            eprintln!("dropping a test database panicked");
+        }
+    }
+}
+
+async fn drop_database(name: &str) {
+    match PgConnection::connect(&database_url("postgres")).await {
+        Ok(mut admin) => {
+            let sql = format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)");
+            if let Err(error) = sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+                .execute(&mut admin)
+                .await
+            {
+                eprintln!("could not drop test database {name}: {error}");
+            }
+            let _ = admin.close().await;
+        }
+        Err(error) => eprintln!("could not connect to drop test database {name}: {error}"),
+    }
+}
+
+/// Drops test databases whose creating process no longer runs.
+async fn sweep_stale(admin: &mut PgConnection) {
+    let names: Vec<String> =
+        sqlx::query_scalar("SELECT datname FROM pg_database WHERE datname LIKE 'cairn\\_test\\_%'")
+            .fetch_all(&mut *admin)
+            .await
+            .unwrap_or_default();
+    for name in names {
+        let pid = name
+            .strip_prefix(PREFIX)
+            .and_then(|rest| rest.split('_').next())
+            .and_then(|pid| pid.parse::<u32>().ok());
+        let Some(pid) = pid else { continue };
+        if std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            continue;
+        }
+        let sql = format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)");
+        let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+            .execute(&mut *admin)
+            .await;
+    }
+}
+
+/// Several databases, dropped together when the last clone goes: for factories that
+/// make a store per call.
+#[derive(Clone, Default)]
+pub struct Databases(Arc<Mutex<Vec<TestDb>>>);
+
+impl Databases {
+    /// A store on a new database, kept until the last clone of `self` drops.
+    pub async fn store(&self) -> PgStore {
+        let db = TestDb::create().await;
+        let store = db.store().await;
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(db);
+        store
+    }
+}
