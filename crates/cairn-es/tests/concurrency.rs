@@ -10,6 +10,10 @@
 #[allow(dead_code, unreachable_pub)]
 mod domain;
 
+/// Test databases on the local PostgreSQL server, one per test, dropped afterwards.
+#[path = "../../cairn-postgres/tests/support/mod.rs"]
+mod postgres;
+
 use std::sync::Arc;
 
 use cairn_core::{EventStore, ReadStream, Revision};
@@ -152,4 +156,12 @@ async fn concurrent_commands_on_the_memory_store() {
 async fn concurrent_commands_on_the_embedded_store() {
     let store = cairn_log::LogStore::open_temporary(cairn_log::LogOptions::default()).unwrap();
     property(Arc::new(store), "log").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_commands_on_postgresql() {
+    let db = postgres::TestDb::create().await;
+    let store = db.store().await;
+    property(Arc::new(store.clone()), "pg").await;
+    store.close().await;
 }
