@@ -7,12 +7,16 @@
 //! This crate knows no broker: NATS JetStream, RabbitMQ, Redis Streams and Kafka live in
 //! their own crates and prove themselves with `cairn-conformance`'s transport suite.
 
+pub mod consumer;
 pub mod handler;
 pub mod message;
+pub mod router;
 pub mod transport;
 
+pub use consumer::{Consumer, ConsumerOptions, ConsumerSummary};
 pub use handler::{HandlerError, Incoming};
 pub use message::{Headers, Message};
+pub use router::Router;
 pub use transport::{
     Acknowledge, BoxError, Deliveries, Delivery, Publisher, Subscriber, SubscriptionSpec,
     TransportError,

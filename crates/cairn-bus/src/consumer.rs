@@ -1,0 +1,502 @@
+//! [`Consumer`]: drives one subscription's deliveries through a service stack (the
+//! [`Router`](crate::router::Router) wrapped in middleware) and answers each delivery with
+//! the outcome: ack after `Ok`, nack after an error.
+//!
+//! The consumer calls the service in delivery order, one `call` after another, and keeps up
+//! to [`ConsumerOptions::max_in_flight`] calls running at once; it does not spawn a task
+//! per message. A service that is not ready (the ordered-concurrency middleware at its
+//! limit, say) stops intake until it is.
+//!
+//! # Shutdown
+//!
+//! [`Consumer::run`] takes a `CancellationToken`. When it is cancelled the consumer stops
+//! taking deliveries, lets the calls in flight finish for up to
+//! [`ConsumerOptions::shutdown_deadline`], answers them, nacks (without delay) the ones
+//! that did not finish in time, waits for every answer and returns a [`ConsumerSummary`].
+//! Nothing that was acknowledged is left unfinished, and nothing unfinished is
+//! acknowledged.
+
+use std::future::poll_fn;
+use std::sync::Arc;
+use std::task::Poll;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use futures::stream::FuturesUnordered;
+use futures::{FutureExt, StreamExt};
+use tokio_util::sync::CancellationToken;
+use tower::Service;
+
+use crate::handler::{HandlerError, Incoming};
+use crate::transport::{Acknowledge, Deliveries, TransportError};
+
+/// How a [`Consumer`] runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsumerOptions {
+    /// The most calls running at once (default 256).
+    pub max_in_flight: usize,
+    /// How long calls in flight may take to finish after shutdown begins (default 30 s).
+    pub shutdown_deadline: Duration,
+    /// The delay of the nack after a handler error (default 1 s; `None` redelivers at
+    /// once). With the dead-letter middleware in the stack errors do not reach the consumer.
+    pub redelivery_delay: Option<Duration>,
+}
+
+impl Default for ConsumerOptions {
+    fn default() -> Self {
+        Self {
+            max_in_flight: 256,
+            shutdown_deadline: Duration::from_secs(30),
+            redelivery_delay: Some(Duration::from_secs(1)),
+        }
+    }
+}
+
+/// What one run of a [`Consumer`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ConsumerSummary {
+    /// Deliveries handled and acknowledged.
+    pub handled: u64,
+    /// Deliveries whose handling failed, nacked for redelivery.
+    pub failed: u64,
+    /// Deliveries still running when the shutdown deadline passed, nacked.
+    pub abandoned: u64,
+    /// Acks or nacks the transport reported as failed (the messages come back).
+    pub answer_errors: u64,
+    /// Errors the delivery stream reported (the transport kept going).
+    pub transport_errors: u64,
+}
+
+/// Why a consumer stopped before it was asked to.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConsumerError {
+    /// The service reported it can take no more messages; the messages in flight were
+    /// nacked.
+    #[error("the handler service failed: {source}")]
+    Service {
+        /// Its error.
+        #[source]
+        source: HandlerError,
+        /// What the run did before.
+        summary: ConsumerSummary,
+    },
+}
+
+/// Runs a service stack over a subscription's deliveries.
+#[derive(Debug)]
+pub struct Consumer<S> {
+    service: S,
+    options: ConsumerOptions,
+}
+
+impl<S> Consumer<S>
+where
+    S: Service<Incoming, Response = (), Error = HandlerError> + Send,
+    S::Future: Send + 'static,
+{
+    /// A consumer running `service` with the default options.
+    pub fn new(service: S) -> Self {
+        Self {
+            service,
+            options: ConsumerOptions::default(),
+        }
+    }
+
+    /// Sets the options.
+    #[must_use]
+    pub fn options(mut self, options: ConsumerOptions) -> Self {
+        self.options = options;
+        self
+    }
+
+    /// Consumes `deliveries` until the stream ends or `cancel` is cancelled, then shuts
+    /// down as the [module docs](self) say.
+    ///
+    /// # Errors
+    ///
+    /// [`ConsumerError::Service`] when the service's `poll_ready` fails.
+    pub async fn run(
+        mut self,
+        mut deliveries: Deliveries,
+        cancel: CancellationToken,
+    ) -> Result<ConsumerSummary, ConsumerError> {
+        let max_in_flight = self.options.max_in_flight.max(1);
+        let mut run = Run::new(self.options.redelivery_delay);
+        let mut ready = false;
+        let mut ended = false;
+        let mut failure = None;
+        loop {
+            if ended && run.running.is_empty() {
+                break;
+            }
+            tokio::select! {
+                biased;
+                () = cancel.cancelled() => break,
+                Some((slot, outcome)) = run.running.next(), if !run.running.is_empty() => {
+                    run.finish(slot, outcome);
+                }
+                Some(answered) = run.answers.next(), if !run.answers.is_empty() => {
+                    run.answered(answered);
+                }
+                polled = poll_fn(|cx| self.service.poll_ready(cx)), if !ready && !ended => {
+                    match polled {
+                        Ok(()) => ready = true,
+                        Err(error) => {
+                            failure = Some(error);
+                            break;
+                        }
+                    }
+                }
+                next = deliveries.next(), if ready && !ended && run.running.len() < max_in_flight => {
+                    match next {
+                        None => ended = true,
+                        Some(Err(error)) => {
+                            tracing::warn!(%error, code = error.code(), "the delivery stream reported an error");
+                            run.summary.transport_errors += 1;
+                        }
+                        Some(Ok(delivery)) => {
+                            ready = false;
+                            let (topic, message, attempt, acknowledge) = delivery.into_parts();
+                            let incoming = Incoming { topic, message: Arc::new(message), attempt };
+                            let call = self.service.call(incoming);
+                            run.start(acknowledge, call).await;
+                        }
+                    }
+                }
+            }
+        }
+        run.shut_down(self.options.shutdown_deadline).await;
+        drop(deliveries);
+        match failure {
+            None => Ok(run.summary),
+            Some(source) => Err(ConsumerError::Service {
+                source,
+                summary: run.summary,
+            }),
+        }
+    }
+}
+
+type Answer = BoxFuture<'static, Result<(), TransportError>>;
+type Running = BoxFuture<'static, (usize, Result<(), HandlerError>)>;
+
+/// The state of one run: the deliveries in flight, their calls and pending answers.
+struct Run {
+    /// The answers of the deliveries in flight, by slot; `None` marks a free slot.
+    slots: Vec<Option<Box<dyn Acknowledge>>>,
+    free: Vec<usize>,
+    running: FuturesUnordered<Running>,
+    answers: FuturesUnordered<Answer>,
+    redelivery_delay: Option<Duration>,
+    summary: ConsumerSummary,
+}
+
+impl Run {
+    fn new(redelivery_delay: Option<Duration>) -> Self {
+        Self {
+            slots: Vec::new(),
+            free: Vec::new(),
+            running: FuturesUnordered::new(),
+            answers: FuturesUnordered::new(),
+            redelivery_delay,
+            summary: ConsumerSummary::default(),
+        }
+    }
+
+    /// Starts a call; a call that finishes on its first poll is answered at once.
+    async fn start<F>(&mut self, acknowledge: Box<dyn Acknowledge>, call: F)
+    where
+        F: Future<Output = Result<(), HandlerError>> + Send + 'static,
+    {
+        let mut call = Box::pin(call);
+        if let Poll::Ready(outcome) = futures::poll!(call.as_mut()) {
+            self.answer(acknowledge, outcome);
+            return;
+        }
+        let slot = match self.free.pop() {
+            Some(slot) => {
+                self.slots[slot] = Some(acknowledge);
+                slot
+            }
+            None => {
+                self.slots.push(Some(acknowledge));
+                self.slots.len() - 1
+            }
+        };
+        self.running.push(async move { (slot, call.await) }.boxed());
+    }
+
+    fn finish(&mut self, slot: usize, outcome: Result<(), HandlerError>) {
+        let Some(acknowledge) = self.slots.get_mut(slot).and_then(Option::take) else {
+            return;
+        };
+        self.free.push(slot);
+        self.answer(acknowledge, outcome);
+    }
+
+    fn answer(&mut self, acknowledge: Box<dyn Acknowledge>, outcome: Result<(), HandlerError>) {
+        let mut answer = match outcome {
+            Ok(()) => {
+                self.summary.handled += 1;
+                acknowledge.ack()
+            }
+            Err(error) => {
+                tracing::warn!(%error, code = error.code(), "a message failed; it will be redelivered");
+                self.summary.failed += 1;
+                acknowledge.nack(self.redelivery_delay)
+            }
+        };
+        match (&mut answer).now_or_never() {
+            Some(answered) => self.answered(answered),
+            None => self.answers.push(answer),
+        }
+    }
+
+    fn answered(&mut self, answered: Result<(), TransportError>) {
+        if let Err(error) = answered {
+            tracing::warn!(%error, code = error.code(), "the transport did not take an answer");
+            self.summary.answer_errors += 1;
+        }
+    }
+
+    /// Lets the calls in flight finish until `deadline`, nacks the rest, then waits for
+    /// every answer.
+    async fn shut_down(&mut self, deadline: Duration) {
+        let expired = tokio::time::sleep(deadline);
+        tokio::pin!(expired);
+        while !self.running.is_empty() {
+            tokio::select! {
+                biased;
+                Some((slot, outcome)) = self.running.next() => self.finish(slot, outcome),
+                () = &mut expired => break,
+            }
+        }
+        // Dropping the calls still running cancels them; their messages go back.
+        self.running = FuturesUnordered::new();
+        for acknowledge in self.slots.iter_mut().filter_map(Option::take) {
+            self.summary.abandoned += 1;
+            self.answers.push(acknowledge.nack(None));
+        }
+        while let Some(answered) = self.answers.next().await {
+            self.answered(answered);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use futures::channel::mpsc;
+    use tower::service_fn;
+
+    use super::*;
+    use crate::message::Message;
+    use crate::transport::Delivery;
+
+    /// How each delivery was answered, by message type.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    enum Answered {
+        Ack(String),
+        Nack(String, Option<Duration>),
+    }
+
+    type Log = Arc<Mutex<Vec<Answered>>>;
+
+    struct Recorder {
+        name: String,
+        log: Log,
+    }
+
+    impl Acknowledge for Recorder {
+        fn ack(self: Box<Self>) -> BoxFuture<'static, Result<(), TransportError>> {
+            self.log
+                .lock()
+                .unwrap()
+                .push(Answered::Ack(self.name.clone()));
+            futures::future::ready(Ok(())).boxed()
+        }
+
+        fn nack(
+            self: Box<Self>,
+            delay: Option<Duration>,
+        ) -> BoxFuture<'static, Result<(), TransportError>> {
+            self.log
+                .lock()
+                .unwrap()
+                .push(Answered::Nack(self.name.clone(), delay));
+            futures::future::ready(Ok(())).boxed()
+        }
+    }
+
+    /// A delivery stream fed by hand, and the log of answers.
+    fn deliveries() -> (mpsc::UnboundedSender<Delivery>, Deliveries, Log) {
+        let (sender, receiver) = mpsc::unbounded();
+        (sender, Deliveries::new(receiver.map(Ok)), Log::default())
+    }
+
+    fn delivery(name: &str, log: &Log) -> Delivery {
+        let recorder = Recorder {
+            name: name.to_owned(),
+            log: Arc::clone(log),
+        };
+        Delivery::new(
+            "topic".into(),
+            Message::new(name, Vec::new()),
+            1,
+            Box::new(recorder),
+        )
+    }
+
+    fn answers(log: &Log) -> Vec<Answered> {
+        let mut answers = log.lock().unwrap().clone();
+        answers.sort_by_key(|a| format!("{a:?}"));
+        answers
+    }
+
+    #[tokio::test]
+    async fn ok_is_acknowledged_and_an_error_is_nacked_with_the_redelivery_delay() {
+        let (sender, stream, log) = deliveries();
+        for name in ["good", "bad"] {
+            sender.unbounded_send(delivery(name, &log)).unwrap();
+        }
+        drop(sender);
+        let service = service_fn(|incoming: Incoming| async move {
+            match incoming.message.message_type.as_str() {
+                "good" => Ok(()),
+                _ => Err(HandlerError::transient("not now")),
+            }
+        });
+        let summary = Consumer::new(service)
+            .run(stream, CancellationToken::new())
+            .await
+            .unwrap();
+        assert_eq!((summary.handled, summary.failed), (1, 1));
+        assert_eq!(
+            answers(&log),
+            vec![
+                Answered::Ack("good".into()),
+                Answered::Nack("bad".into(), Some(Duration::from_secs(1))),
+            ]
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn shutdown_lets_calls_finish_before_the_deadline_and_nacks_the_rest() {
+        let (sender, stream, log) = deliveries();
+        for name in ["quick", "slow"] {
+            sender.unbounded_send(delivery(name, &log)).unwrap();
+        }
+        let started = Arc::new(AtomicUsize::new(0));
+        let counter = Arc::clone(&started);
+        let service = service_fn(move |incoming: Incoming| {
+            counter.fetch_add(1, Ordering::SeqCst);
+            async move {
+                let pause = match incoming.message.message_type.as_str() {
+                    "quick" => Duration::from_secs(1),
+                    _ => Duration::from_secs(3_600),
+                };
+                tokio::time::sleep(pause).await;
+                Ok(())
+            }
+        });
+        let cancel = CancellationToken::new();
+        let options = ConsumerOptions {
+            shutdown_deadline: Duration::from_secs(10),
+            ..ConsumerOptions::default()
+        };
+        let consumer = tokio::spawn(
+            Consumer::new(service)
+                .options(options)
+                .run(stream, cancel.clone()),
+        );
+        while started.load(Ordering::SeqCst) < 2 {
+            tokio::task::yield_now().await;
+        }
+        cancel.cancel();
+        // A delivery arriving after the cancellation is not taken.
+        sender.unbounded_send(delivery("late", &log)).unwrap();
+        let summary = consumer.await.unwrap().unwrap();
+        assert_eq!((summary.handled, summary.abandoned), (1, 1));
+        assert_eq!(
+            answers(&log),
+            vec![
+                Answered::Ack("quick".into()),
+                Answered::Nack("slow".into(), None)
+            ]
+        );
+        assert_eq!(started.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn no_more_than_max_in_flight_calls_run_at_once() {
+        let (sender, stream, log) = deliveries();
+        for i in 0..50 {
+            sender
+                .unbounded_send(delivery(&format!("m{i}"), &log))
+                .unwrap();
+        }
+        drop(sender);
+        let running = Arc::new(AtomicUsize::new(0));
+        let peak = Arc::new(AtomicUsize::new(0));
+        let (running2, peak2) = (Arc::clone(&running), Arc::clone(&peak));
+        let service = service_fn(move |_: Incoming| {
+            let (running, peak) = (Arc::clone(&running2), Arc::clone(&peak2));
+            async move {
+                let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+                peak.fetch_max(now, Ordering::SeqCst);
+                tokio::task::yield_now().await;
+                tokio::task::yield_now().await;
+                running.fetch_sub(1, Ordering::SeqCst);
+                Ok(())
+            }
+        });
+        let options = ConsumerOptions {
+            max_in_flight: 4,
+            ..ConsumerOptions::default()
+        };
+        let summary = Consumer::new(service)
+            .options(options)
+            .run(stream, CancellationToken::new())
+            .await
+            .unwrap();
+        assert_eq!(summary.handled, 50);
+        assert_eq!(peak.load(Ordering::SeqCst), 4);
+        assert_eq!(log.lock().unwrap().len(), 50);
+    }
+
+    #[derive(Clone)]
+    struct Broken;
+
+    impl Service<Incoming> for Broken {
+        type Response = ();
+        type Error = HandlerError;
+        type Future = futures::future::Ready<Result<(), HandlerError>>;
+
+        fn poll_ready(&mut self, _: &mut std::task::Context<'_>) -> Poll<Result<(), HandlerError>> {
+            Poll::Ready(Err(HandlerError::permanent("broken")))
+        }
+
+        fn call(&mut self, _: Incoming) -> Self::Future {
+            futures::future::ready(Ok(()))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failing_service_stops_the_consumer_with_its_error() {
+        let (sender, stream, log) = deliveries();
+        sender.unbounded_send(delivery("m", &log)).unwrap();
+        let error = Consumer::new(Broken)
+            .run(stream, CancellationToken::new())
+            .await
+            .unwrap_err();
+        assert!(matches!(error, ConsumerError::Service { .. }));
+        assert!(error.to_string().contains("broken"), "{error}");
+        assert!(
+            log.lock().unwrap().is_empty(),
+            "the delivery was never taken"
+        );
+    }
+}
