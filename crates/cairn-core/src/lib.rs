@@ -36,6 +36,7 @@
 //! }
 //! ```
 
+mod checkpoint;
 mod error;
 mod event;
 mod lifecycle;
@@ -45,6 +46,9 @@ mod read;
 mod store;
 pub mod subscription;
 
+pub use checkpoint::{
+    CheckpointError, Checkpoints, MAX_SUBSCRIBER_NAME_LEN, validate_subscriber_name,
+};
 pub use error::{ReadError, StorageError, StorageErrorKind, SubscriptionError, WriteError};
 pub use event::{
     CLOUDEVENTS_SPEC_VERSION, DEFAULT_CONTENT_TYPE, EventData, MAX_EVENT_TYPE_LEN, Metadata,

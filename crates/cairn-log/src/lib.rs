@@ -37,6 +37,7 @@
 //! ```
 #![deny(clippy::unwrap_used, clippy::indexing_slicing)]
 
+mod checkpoints;
 pub mod faulty;
 mod format;
 mod ids;
@@ -51,6 +52,7 @@ pub mod storage;
 mod store;
 mod writer;
 
+pub use checkpoints::FileCheckpoints;
 pub use options::{
     DEFAULT_SEGMENT_SIZE, Durability, LogOptions, MIN_SEGMENT_SIZE, OpenError, ParseDurabilityError,
 };

@@ -25,6 +25,10 @@
 //! # }
 //! ```
 
+mod checkpoints;
+
+pub use checkpoints::MemoryCheckpoints;
+
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Bound;
 use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};

@@ -61,3 +61,67 @@ pub async fn load(
         .map_err(|e| storage("loading a checkpoint", e, Default::default()))?;
     Ok(found.map(|p| Position(u64::try_from(p).unwrap_or(0))))
 }
+
+/// [`Checkpoints`](cairn_core::Checkpoints) in the `cairn_checkpoints` table, each save in
+/// a transaction of its own. A subscriber that writes its effects to the same database
+/// saves its checkpoint with [`save`] in the transaction of those effects instead.
+#[derive(Debug, Clone)]
+pub struct PgCheckpoints {
+    pool: sqlx::PgPool,
+}
+
+impl PgCheckpoints {
+    /// Checkpoints on the database of `pool` (whose schema [`crate::PgStore`] created).
+    pub fn new(pool: sqlx::PgPool) -> Self {
+        Self { pool }
+    }
+}
+
+fn checkpoint_error(error: TableError) -> cairn_core::CheckpointError {
+    match error {
+        TableError::Invalid { reason, .. } => cairn_core::CheckpointError::Storage(
+            cairn_core::StorageError::new(cairn_core::StorageErrorKind::Other, reason),
+        ),
+        TableError::Storage(error) => cairn_core::CheckpointError::Storage(error),
+        other => cairn_core::CheckpointError::Storage(cairn_core::StorageError::new(
+            cairn_core::StorageErrorKind::Other,
+            other.to_string(),
+        )),
+    }
+}
+
+#[async_trait::async_trait]
+impl cairn_core::Checkpoints for PgCheckpoints {
+    async fn load(
+        &self,
+        subscriber: &str,
+    ) -> Result<Option<Position>, cairn_core::CheckpointError> {
+        cairn_core::validate_subscriber_name(subscriber)?;
+        let mut conn = self.pool.acquire().await.map_err(|e| {
+            cairn_core::CheckpointError::Storage(storage(
+                "connecting to load a checkpoint",
+                e,
+                Default::default(),
+            ))
+        })?;
+        load(&mut conn, subscriber).await.map_err(checkpoint_error)
+    }
+
+    async fn save(
+        &self,
+        subscriber: &str,
+        position: Position,
+    ) -> Result<(), cairn_core::CheckpointError> {
+        cairn_core::validate_subscriber_name(subscriber)?;
+        let mut conn = self.pool.acquire().await.map_err(|e| {
+            cairn_core::CheckpointError::Storage(storage(
+                "connecting to save a checkpoint",
+                e,
+                Default::default(),
+            ))
+        })?;
+        save(&mut conn, subscriber, position)
+            .await
+            .map_err(checkpoint_error)
+    }
+}

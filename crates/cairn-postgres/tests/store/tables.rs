@@ -464,3 +464,27 @@ async fn a_transaction_older_than_a_streams_last_append_cannot_append_to_it() {
     );
     assert_eq!(all.events[1].position, other.position);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pg_checkpoints_implement_the_checkpoints_trait() {
+    use cairn_core::Checkpoints;
+    use cairn_postgres::checkpoints::PgCheckpoints;
+
+    let db = TestDb::create().await;
+    let store = db.store().await;
+    let checkpoints = PgCheckpoints::new(store.pool().clone());
+    assert_eq!(checkpoints.load("relay").await.unwrap(), None);
+    checkpoints.save("relay", Position(17)).await.unwrap();
+    checkpoints.save("relay", Position(18)).await.unwrap();
+    assert_eq!(checkpoints.load("relay").await.unwrap(), Some(Position(18)));
+    let refused = checkpoints
+        .save("not/a/name", Position(1))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), "invalid_subscriber_name");
+    let beyond = checkpoints
+        .save("relay", Position(u64::MAX))
+        .await
+        .unwrap_err();
+    assert!(beyond.to_string().contains("beyond"), "{beyond}");
+}
