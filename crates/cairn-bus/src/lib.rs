@@ -10,12 +10,14 @@
 pub mod consumer;
 pub mod handler;
 pub mod message;
+pub mod relay;
 pub mod router;
 pub mod transport;
 
 pub use consumer::{Consumer, ConsumerOptions, ConsumerSummary};
 pub use handler::{HandlerError, Incoming};
 pub use message::{Headers, Message};
+pub use relay::{OutboxRelay, RelayError, RelayOptions, RelaySummary};
 pub use router::Router;
 pub use transport::{
     Acknowledge, BoxError, Deliveries, Delivery, Publisher, Subscriber, SubscriptionSpec,
