@@ -2,9 +2,10 @@
 //! runs a command through the decider, appends the events it causes with
 //! `Exact(revision)`, and on a conflict reloads and decides again, up to a bound.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::marker::PhantomData;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use cairn_core::{
     CurrentRevision, EventData, EventStore, ExpectedRevision, InvalidStreamName, MAX_PAGE_SIZE,
@@ -230,6 +231,7 @@ pub struct RepositoryBuilder<D: Decider, S: ?Sized> {
     store: Arc<S>,
     upcasters: Upcasters,
     snapshots: Option<Snapshots<D::State>>,
+    cache: Option<Arc<StateCache<D::State>>>,
     max_attempts: u32,
 }
 
@@ -251,6 +253,29 @@ impl<D: Decider, S: EventStore + ?Sized> RepositoryBuilder<D, S> {
             policy,
             encode: |state| serde_json::to_value(state),
             decode: serde_json::from_value,
+        });
+        self
+    }
+
+    /// Keeps the state of up to `capacity` aggregates in memory after each command, so
+    /// that the next command on one of them decides without reading the store.
+    ///
+    /// This is safe because every append expects the revision the state was built at: if
+    /// anything else wrote to the stream meanwhile (another process, another repository,
+    /// a deletion), the append fails with a conflict, the entry is dropped and the command
+    /// is decided again on a fresh load. When the cache is full, an arbitrary entry makes
+    /// room. A capacity of 0 turns the cache off.
+    #[must_use]
+    pub fn cache(mut self, capacity: usize) -> Self
+    where
+        D::State: Clone,
+    {
+        self.cache = (capacity > 0).then(|| {
+            Arc::new(StateCache {
+                capacity,
+                clone: D::State::clone,
+                entries: Mutex::new(HashMap::new()),
+            })
         });
         self
     }
@@ -284,6 +309,7 @@ impl<D: Decider, S: EventStore + ?Sized> RepositoryBuilder<D, S> {
             store: self.store,
             upcasters: self.upcasters,
             snapshots: self.snapshots,
+            cache: self.cache,
             max_attempts: self.max_attempts,
             decider: PhantomData,
         }
@@ -300,8 +326,45 @@ pub struct Repository<D: Decider, S: ?Sized> {
     store: Arc<S>,
     upcasters: Upcasters,
     snapshots: Option<Snapshots<D::State>>,
+    /// States after the last command on each aggregate, shared by the clones.
+    cache: Option<Arc<StateCache<D::State>>>,
     max_attempts: u32,
     decider: PhantomData<fn() -> D>,
+}
+
+/// The aggregate states a [`Repository`] keeps between commands
+/// ([`RepositoryBuilder::cache`]). Commands take an entry out while they run and put the
+/// new state back after their append succeeded, so two commands never decide on one
+/// entry.
+struct StateCache<T> {
+    capacity: usize,
+    clone: fn(&T) -> T,
+    entries: Mutex<HashMap<StreamName, (T, Option<Revision>)>>,
+}
+
+impl<T> StateCache<T> {
+    fn take(&self, stream: &StreamName) -> Option<(T, Option<Revision>)> {
+        let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
+        entries.remove(stream)
+    }
+
+    fn put(&self, stream: &StreamName, state: &T, revision: Option<Revision>) {
+        let state = (self.clone)(state);
+        let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
+        // Two commands may finish out of order; never let the older state win.
+        if let Some((_, kept)) = entries.get(stream)
+            && *kept > revision
+        {
+            return;
+        }
+        if entries.len() >= self.capacity && !entries.contains_key(stream) {
+            let victim = entries.keys().next().cloned();
+            if let Some(victim) = victim {
+                entries.remove(&victim);
+            }
+        }
+        entries.insert(stream.clone(), (state, revision));
+    }
 }
 
 impl<D: Decider, S: ?Sized> Clone for Repository<D, S> {
@@ -310,6 +373,7 @@ impl<D: Decider, S: ?Sized> Clone for Repository<D, S> {
             store: Arc::clone(&self.store),
             upcasters: self.upcasters.clone(),
             snapshots: self.snapshots.clone(),
+            cache: self.cache.clone(),
             max_attempts: self.max_attempts,
             decider: PhantomData,
         }
@@ -322,6 +386,7 @@ impl<D: Decider, S: ?Sized> fmt::Debug for Repository<D, S> {
             .field("category", &D::CATEGORY)
             .field("upcasters", &self.upcasters)
             .field("snapshots", &self.snapshots.as_ref().map(|s| s.policy))
+            .field("cache", &self.cache.as_ref().map(|c| c.capacity))
             .field("max_attempts", &self.max_attempts)
             .finish_non_exhaustive()
     }
@@ -334,6 +399,7 @@ impl<D: Decider, S: EventStore + ?Sized> Repository<D, S> {
             store,
             upcasters: Upcasters::new(),
             snapshots: None,
+            cache: None,
             max_attempts: DEFAULT_MAX_ATTEMPTS,
         }
     }
@@ -561,9 +627,31 @@ impl<D: Decider, S: EventStore + ?Sized> Repository<D, S> {
             loop {
                 attempt += 1;
                 tracing::Span::current().record("attempts", attempt);
-                let loaded = self.load_stream(&stream).await?;
-                let events = D::decide(&loaded.state, &command).map_err(CommandError::Rejected)?;
+                // The first attempt may start from the cached state; a retry after a
+                // conflict always reads the store.
+                let cached = if attempt == 1 {
+                    self.cache.as_ref().and_then(|cache| cache.take(&stream))
+                } else {
+                    None
+                };
+                let loaded = match cached {
+                    Some((state, revision)) => Loaded {
+                        state,
+                        revision,
+                        replayed: 0,
+                        from_snapshot: false,
+                    },
+                    None => self.load_stream(&stream).await?,
+                };
+                let events = match D::decide(&loaded.state, &command) {
+                    Ok(events) => events,
+                    Err(rejected) => {
+                        self.remember(&stream, &loaded.state, loaded.revision);
+                        return Err(CommandError::Rejected(rejected));
+                    }
+                };
                 if events.is_empty() {
+                    self.remember(&stream, &loaded.state, loaded.revision);
                     return Ok(Executed {
                         events,
                         state: loaded.state,
@@ -582,6 +670,7 @@ impl<D: Decider, S: EventStore + ?Sized> Repository<D, S> {
                 match self.store.append(&stream, expected, data).await {
                     Ok(result) => {
                         let state = events.iter().fold(loaded.state, D::evolve);
+                        self.remember(&stream, &state, Some(result.revision));
                         self.after_append(&stream, &state, loaded.revision, result.revision)
                             .await;
                         return Ok(Executed {
@@ -608,6 +697,13 @@ impl<D: Decider, S: EventStore + ?Sized> Repository<D, S> {
         }
         .instrument(span)
         .await
+    }
+
+    /// Keeps `state` at `revision` for the next command on `stream`, when caching.
+    fn remember(&self, stream: &StreamName, state: &D::State, revision: Option<Revision>) {
+        if let Some(cache) = &self.cache {
+            cache.put(stream, state, revision);
+        }
     }
 
     /// Writes a snapshot when the append crossed a multiple of the policy's interval.

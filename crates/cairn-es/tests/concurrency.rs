@@ -51,11 +51,17 @@ fn random_command(rng: &mut StdRng) -> Command {
     }
 }
 
-/// Runs the property on `store`; panics with the seed when it fails.
-async fn property<S: EventStore + 'static>(store: Arc<S>, prefix: &str) {
+/// Runs the property on `store`; panics with the seed when it fails. With `cache` above
+/// 0, every other client goes through a repository that caches up to `cache` states (its
+/// entries go stale under the other clients' writes, which must be caught as conflicts).
+async fn property<S: EventStore + 'static>(store: Arc<S>, prefix: &str, cache: usize) {
     let seed = seed();
     let repository: Repository<Bank, S> = Repository::builder(Arc::clone(&store))
         .max_attempts(64)
+        .build_unchecked();
+    let cached: Repository<Bank, S> = Repository::builder(Arc::clone(&store))
+        .max_attempts(64)
+        .cache(cache)
         .build_unchecked();
     let ids: Vec<String> = (0..ACCOUNTS).map(|n| format!("{prefix}{n}")).collect();
     for id in &ids {
@@ -66,7 +72,11 @@ async fn property<S: EventStore + 'static>(store: Arc<S>, prefix: &str) {
     }
     let mut clients = JoinSet::new();
     for client in 0..CLIENTS {
-        let repository = repository.clone();
+        let repository = if client % 2 == 0 {
+            cached.clone()
+        } else {
+            repository.clone()
+        };
         let ids = ids.clone();
         clients.spawn(async move {
             let mut rng = StdRng::seed_from_u64(seed ^ (client as u64).wrapping_mul(0x9E37_79B9));
@@ -149,19 +159,30 @@ fn check_rules(before: &Account, event: &AccountEvent, seed: u64, id: &str, revi
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_commands_on_the_memory_store() {
-    property(Arc::new(cairn_memory::MemoryStore::new()), "mem").await;
+    property(Arc::new(cairn_memory::MemoryStore::new()), "mem", 0).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_commands_through_cached_states_on_the_memory_store() {
+    property(Arc::new(cairn_memory::MemoryStore::new()), "memc", 3).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_commands_on_the_embedded_store() {
     let store = cairn_log::LogStore::open_temporary(cairn_log::LogOptions::default()).unwrap();
-    property(Arc::new(store), "log").await;
+    property(Arc::new(store), "log", 0).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_commands_through_cached_states_on_the_embedded_store() {
+    let store = cairn_log::LogStore::open_temporary(cairn_log::LogOptions::default()).unwrap();
+    property(Arc::new(store), "logc", 1_000).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_commands_on_postgresql() {
     let db = postgres::TestDb::create().await;
     let store = db.store().await;
-    property(Arc::new(store.clone()), "pg").await;
+    property(Arc::new(store.clone()), "pg", 2).await;
     store.close().await;
 }

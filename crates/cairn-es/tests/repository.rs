@@ -604,3 +604,53 @@ fn the_test_kit_passes_on_a_match_and_explains_a_mismatch() {
         "{message}"
     );
 }
+
+#[tokio::test]
+async fn cached_states_skip_the_load_and_a_stale_one_is_caught_as_a_conflict() {
+    let store = Arc::new(MemoryStore::new());
+    let cached: Repository<Tally, MemoryStore> = Repository::builder(Arc::clone(&store))
+        .cache(16)
+        .build_unchecked();
+    cached.execute("a", TallyCommand::Add(1)).await.unwrap();
+    let second = cached.execute("a", TallyCommand::Add(2)).await.unwrap();
+    assert_eq!((second.state, second.attempts), (3, 1));
+
+    // Another repository (another process, say) writes behind the cache's back: the
+    // cached state is stale, the append conflicts, and the command is decided again on
+    // the fresh state.
+    repository(&store)
+        .execute("a", TallyCommand::Add(10))
+        .await
+        .unwrap();
+    let third = cached.execute("a", TallyCommand::Add(4)).await.unwrap();
+    assert_eq!((third.state, third.attempts), (17, 2));
+    assert_eq!(repository(&store).load("a").await.unwrap().state, 17);
+
+    // A refused command leaves the cached state as it was.
+    assert!(cached.execute("a", TallyCommand::Add(0)).await.is_err());
+    let fourth = cached.execute("a", TallyCommand::Add(1)).await.unwrap();
+    assert_eq!((fourth.state, fourth.attempts), (18, 1));
+
+    // A soft-deleted and recreated stream is not confused with the cached one.
+    store
+        .delete_stream(&stream("tally-a"), ExpectedRevision::Any)
+        .await
+        .unwrap();
+    let fifth = cached.execute("a", TallyCommand::Add(5)).await.unwrap();
+    assert_eq!(fifth.state, 5, "the deleted history is gone");
+    assert_eq!(repository(&store).load("a").await.unwrap().state, 5);
+}
+
+#[tokio::test]
+async fn a_full_cache_makes_room_and_stays_correct() {
+    let store = Arc::new(MemoryStore::new());
+    let cached: Repository<Tally, MemoryStore> = Repository::builder(Arc::clone(&store))
+        .cache(2)
+        .build_unchecked();
+    for round in 1..=3u64 {
+        for id in ["a", "b", "c", "d"] {
+            let executed = cached.execute(id, TallyCommand::Add(1)).await.unwrap();
+            assert_eq!(executed.state, round, "aggregate {id}, round {round}");
+        }
+    }
+}

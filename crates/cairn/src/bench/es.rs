@@ -1,8 +1,11 @@
 //! The `es` workloads: event sourcing through `cairn-es` on the embedded store.
 //!
 //! - `es-commands`: 64 clients, each sending commands one after another to its own ring
-//!   of 1,000 account aggregates (so no two clients ever touch the same aggregate), each
-//!   command a full repository round: load, decide, append with `Exact`, durable.
+//!   of 1,000 account aggregates (so no two clients ever touch the same aggregate),
+//!   through a repository that caches aggregate states (decide on the cached state,
+//!   append with `Exact`, durable; a stale state would surface as a conflict).
+//! - `es-commands-uncached`: the same without the cache, so that every command is a full
+//!   repository round: load, decide, append with `Exact`.
 //! - `es-load`: loading one aggregate whose stream holds 1,000,000 events (`--es-history`), with a
 //!   snapshot policy of one per 1,000 events and the worst case of it: 999 events after
 //!   the latest snapshot.
@@ -96,15 +99,23 @@ impl Decider for Account {
     }
 }
 
-/// `es-commands`: commands per second and the latency of each.
+/// `es-commands` (`cached`: through the repository's state cache) and
+/// `es-commands-uncached`: commands per second and the latency of each.
 pub(crate) async fn commands(
     store: &LogStore,
+    cached: bool,
     duration: Duration,
     count: u64,
     counter: &Arc<AtomicU64>,
 ) -> anyhow::Result<Measured> {
-    let repository: Repository<Account, LogStore> =
-        Repository::builder(Arc::new(store.clone())).build_unchecked();
+    let capacity = if cached {
+        CLIENTS * AGGREGATES_PER_CLIENT as usize
+    } else {
+        0
+    };
+    let repository: Repository<Account, LogStore> = Repository::builder(Arc::new(store.clone()))
+        .cache(capacity)
+        .build_unchecked();
     let per_client = count.div_ceil(CLIENTS as u64).max(1);
     let started = Instant::now();
     let deadline = started + duration;

@@ -16,7 +16,7 @@
 //! | `latency`    | 10,000 events/s offered, append start → live subscriber delivery         |
 //! | `custom`     | `--writers` × `--batch`, run when either is given                        |
 //! | `open`       | opens a store of `--open-events` in `--open-streams` (10 M in 1 M by default), after a clean close and as after a crash; run only when named |
-//! | `es`         | event sourcing ([`es`]): `es-commands`, 64 clients running commands through a repository; `es-load`, loading an aggregate of 1 M events with a snapshot per 1,000; run only when named (`cairn bench es`) |
+//! | `es`         | event sourcing ([`es`]): `es-commands`, 64 clients running commands through a repository with its state cache (`es-commands-uncached` without it); `es-load`, loading an aggregate of 1 M events with a snapshot per 1,000; run only when named (`cairn bench es`) |
 //!
 //! `--store postgres` runs the write, latency and read workloads on `cairn-postgres`
 //! instead, on a database created for the run ([`subject`]), with the PostgreSQL targets of
@@ -430,7 +430,8 @@ impl Bench<'_> {
             workloads.push(self.latency().await?);
         }
         if plan.contains(&Workload::Es) {
-            workloads.push(self.es_commands().await?);
+            workloads.push(self.es_commands(true).await?);
+            workloads.push(self.es_commands(false).await?);
             workloads.push(self.es_load().await?);
             wrote = true;
         }
@@ -706,18 +707,29 @@ impl Bench<'_> {
         ))
     }
 
-    async fn es_commands(&self) -> anyhow::Result<WorkloadResult> {
-        let stage = self.progress.stage("es-commands", Some(self.args.duration));
+    async fn es_commands(&self, cached: bool) -> anyhow::Result<WorkloadResult> {
+        let name = if cached {
+            "es-commands"
+        } else {
+            "es-commands-uncached"
+        };
+        let stage = self.progress.stage(name, Some(self.args.duration));
         let measured = es::commands(
             self.store,
+            cached,
             self.args.duration,
             self.args.count,
             &stage.counter(),
         )
         .await?;
         stage.done(&summary(&measured)).await;
+        let round = if cached {
+            "decide on the cached state, append with Exact"
+        } else {
+            "load, decide, append with Exact"
+        };
         Ok(WorkloadResult {
-            name: "es-commands".to_owned(),
+            name: name.to_owned(),
             writers: es::CLIENTS,
             batch: 1,
             events: measured.events,
@@ -729,8 +741,7 @@ impl Bench<'_> {
             peers: Vec::new(),
             detail: Some(format!(
                 "{} clients, each running commands one after another on its own 1,000 \
-                 accounts (load, decide, append with Exact); ev/s is commands/s, latencies \
-                 are per command",
+                 accounts ({round}); ev/s is commands/s, latencies are per command",
                 es::CLIENTS
             )),
         })
