@@ -9,6 +9,7 @@
 
 pub mod handler;
 pub mod message;
+pub mod retry;
 pub mod transport;
 
 pub use handler::{HandlerError, Incoming};
