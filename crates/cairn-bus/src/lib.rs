@@ -10,6 +10,7 @@
 pub mod handler;
 pub mod message;
 pub mod retry;
+pub mod timeout;
 pub mod transport;
 
 pub use handler::{HandlerError, Incoming};
