@@ -11,6 +11,7 @@ pub mod handler;
 pub mod message;
 pub mod retry;
 pub mod timeout;
+pub mod trace;
 pub mod transport;
 
 pub use handler::{HandlerError, Incoming};
