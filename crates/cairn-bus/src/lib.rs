@@ -9,6 +9,7 @@
 
 pub mod handler;
 pub mod message;
+pub mod metrics;
 pub mod retry;
 pub mod timeout;
 pub mod trace;

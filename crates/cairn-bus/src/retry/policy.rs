@@ -161,7 +161,8 @@ impl RetryPolicy {
     }
 
     /// Sets a hook called before each retry's wait with the request, the attempt that just
-    /// failed (from 1), its error and the wait chosen; metrics count retries with it.
+    /// failed (from 1), its error and the wait chosen; metrics count retries with it (see
+    /// [`BusMetrics::retry_hook`](crate::metrics::BusMetrics::retry_hook)).
     ///
     /// The hook runs on the message's task, inside its poll: it should be quick.
     #[must_use]
