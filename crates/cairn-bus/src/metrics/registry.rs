@@ -147,7 +147,9 @@ impl BusMetrics {
 
     /// A hook for [`RetryPolicy::on_retry`](crate::retry::RetryPolicy::on_retry) that
     /// counts each retry here.
-    pub fn retry_hook(&self) -> impl Fn(&Incoming, u32, &HandlerError, Duration) + Send + Sync {
+    pub fn retry_hook(
+        &self,
+    ) -> impl Fn(&Incoming, u32, &HandlerError, Duration) + Send + Sync + use<> {
         let metrics = self.clone();
         move |_, _, _, _| metrics.record_retry()
     }
