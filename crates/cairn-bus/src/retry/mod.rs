@@ -13,8 +13,9 @@
 //! Put a [`Timeout`](crate::timeout::Timeout) inside the retry to bound each attempt, or
 //! outside to bound them all.
 //!
-//! The first attempt costs the inner call plus one clone of the service and of the request
-//! (both reference counts); the backoff's timer is only created when an attempt fails.
+//! The first attempt costs the inner call plus a clone of the service, of the request and
+//! of the policy's handle (reference counts), and no allocation; the backoff's timer is
+//! only created when an attempt fails.
 
 mod layer;
 mod policy;
@@ -38,7 +39,8 @@ pub use policy::{Jitter, RetryPolicy};
 ///
 /// The inner service must be `Clone`: each call takes the service made ready by
 /// `poll_ready` and leaves a clone in its place, and the response future keeps it to call
-/// again (after waiting for it to be ready again) on each retry.
+/// again (after waiting for it to be ready again) on each retry. A readiness error during a
+/// retry counts as that attempt's error.
 #[derive(Debug, Clone)]
 pub struct Retry<S> {
     inner: S,

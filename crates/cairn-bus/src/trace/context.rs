@@ -190,8 +190,8 @@ impl TraceContext {
 
     /// Sets (or, with `None`, clears) the vendors' `tracestate`, carried as it is.
     #[must_use]
-    pub fn with_trace_state(mut self, trace_state: Option<impl Into<Arc<str>>>) -> Self {
-        self.trace_state = trace_state.map(Into::into);
+    pub fn with_trace_state(mut self, trace_state: Option<&str>) -> Self {
+        self.trace_state = trace_state.map(Arc::from);
         self
     }
 
