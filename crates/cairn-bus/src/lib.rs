@@ -10,8 +10,12 @@
 pub mod consumer;
 pub mod handler;
 pub mod message;
+pub mod metrics;
 pub mod relay;
+pub mod retry;
 pub mod router;
+pub mod timeout;
+pub mod trace;
 pub mod transport;
 
 pub use consumer::{Consumer, ConsumerOptions, ConsumerSummary};
