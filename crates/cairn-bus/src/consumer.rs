@@ -28,7 +28,8 @@ use tokio_util::sync::CancellationToken;
 use tower::Service;
 
 use crate::handler::{HandlerError, Incoming};
-use crate::transport::{Acknowledge, Deliveries, TransportError};
+use crate::metrics::BusMetrics;
+use crate::transport::{Acknowledge, Deliveries, Subscriber, SubscriptionSpec, TransportError};
 
 /// How a [`Consumer`] runs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -84,10 +85,44 @@ pub enum ConsumerError {
 }
 
 /// Runs a service stack over a subscription's deliveries.
-#[derive(Debug)]
 pub struct Consumer<S> {
     service: S,
     options: ConsumerOptions,
+    lag: Option<LagProbe>,
+}
+
+/// Samples a subscription's consumer lag into the metrics.
+struct LagProbe {
+    subscriber: Arc<dyn Subscriber>,
+    spec: SubscriptionSpec,
+    metrics: BusMetrics,
+    every: Duration,
+}
+
+impl LagProbe {
+    fn sample(&self) -> BoxFuture<'static, ()> {
+        let subscriber = Arc::clone(&self.subscriber);
+        let spec = self.spec.clone();
+        let metrics = self.metrics.clone();
+        async move {
+            match subscriber.lag(&spec).await {
+                Ok(lag) => metrics.set_lag(&spec.topic, &spec.group, lag),
+                Err(error) => {
+                    tracing::debug!(%error, topic = %spec.topic, "the consumer lag could not be read");
+                }
+            }
+        }
+        .boxed()
+    }
+}
+
+impl<S> std::fmt::Debug for Consumer<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Consumer")
+            .field("options", &self.options)
+            .field("lag", &self.lag.as_ref().map(|l| (&l.spec, l.every)))
+            .finish_non_exhaustive()
+    }
 }
 
 impl<S> Consumer<S>
@@ -100,7 +135,27 @@ where
         Self {
             service,
             options: ConsumerOptions::default(),
+            lag: None,
         }
+    }
+
+    /// Samples the consumer lag of `spec` from `subscriber` every `every` while running,
+    /// into `metrics` (where the transport can tell it; see [`Subscriber::lag`]).
+    #[must_use]
+    pub fn sample_lag(
+        mut self,
+        subscriber: Arc<dyn Subscriber>,
+        spec: SubscriptionSpec,
+        metrics: BusMetrics,
+        every: Duration,
+    ) -> Self {
+        self.lag = Some(LagProbe {
+            subscriber,
+            spec,
+            metrics,
+            every,
+        });
+        self
     }
 
     /// Sets the options.
@@ -126,6 +181,13 @@ where
         let mut ready = false;
         let mut ended = false;
         let mut failure = None;
+        let lag_every = self
+            .lag
+            .as_ref()
+            .map_or(Duration::from_secs(3_600), |l| l.every);
+        let mut lag_tick = tokio::time::interval(lag_every.max(Duration::from_millis(10)));
+        lag_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut sampling: Option<BoxFuture<'static, ()>> = None;
         loop {
             if ended && run.running.is_empty() {
                 break;
@@ -133,6 +195,17 @@ where
             tokio::select! {
                 biased;
                 () = cancel.cancelled() => break,
+                _ = lag_tick.tick(), if self.lag.is_some() && sampling.is_none() => {
+                    sampling = self.lag.as_ref().map(LagProbe::sample);
+                }
+                () = async {
+                    match sampling.as_mut() {
+                        Some(sample) => sample.await,
+                        None => std::future::pending().await,
+                    }
+                }, if sampling.is_some() => {
+                    sampling = None;
+                }
                 Some((slot, outcome)) = run.running.next(), if !run.running.is_empty() => {
                     run.finish(slot, outcome);
                 }
@@ -465,6 +538,44 @@ mod tests {
         assert_eq!(summary.handled, 50);
         assert_eq!(peak.load(Ordering::SeqCst), 4);
         assert_eq!(log.lock().unwrap().len(), 50);
+    }
+
+    struct Lagging;
+
+    #[async_trait::async_trait]
+    impl Subscriber for Lagging {
+        async fn subscribe(&self, _: &SubscriptionSpec) -> Result<Deliveries, TransportError> {
+            Err(TransportError::Closed)
+        }
+
+        async fn lag(&self, _: &SubscriptionSpec) -> Result<Option<u64>, TransportError> {
+            Ok(Some(7))
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_consumer_lag_is_sampled_into_the_metrics_while_running() {
+        let (sender, stream, _log) = deliveries();
+        let metrics = BusMetrics::new();
+        let service = service_fn(|_: Incoming| async { Ok(()) });
+        let cancel = CancellationToken::new();
+        let consumer = Consumer::new(service).sample_lag(
+            Arc::new(Lagging),
+            SubscriptionSpec::new("orders", "billing"),
+            metrics.clone(),
+            Duration::from_secs(5),
+        );
+        let running = tokio::spawn(consumer.run(stream, cancel.clone()));
+        tokio::time::sleep(Duration::from_secs(6)).await;
+        cancel.cancel();
+        running.await.unwrap().unwrap();
+        drop(sender);
+        let lag = metrics.snapshot().lag;
+        assert_eq!(lag.len(), 1);
+        assert_eq!(
+            (lag[0].topic.as_str(), lag[0].group.as_str(), lag[0].lag),
+            ("orders", "billing", 7)
+        );
     }
 
     #[derive(Clone)]
