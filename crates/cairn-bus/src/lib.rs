@@ -8,6 +8,7 @@
 //! their own crates and prove themselves with `cairn-conformance`'s transport suite.
 
 pub mod handler;
+pub mod memory;
 pub mod message;
 pub mod transport;
 
