@@ -28,6 +28,8 @@ pub(crate) async fn resumes<F: TransportFactory>(
 ) -> Result<(), Failure> {
     const BEFORE: usize = 20;
     const TOTAL: usize = 40;
+    /// Error items the stream may report while it reconnects.
+    const MAX_ERRORS: usize = 100;
     let topic = topic(factory);
     let spec = spec(factory, &topic, "group", 8);
     let connection = connect(factory, "the consumer and publisher").await?;
@@ -56,19 +58,13 @@ pub(crate) async fn resumes<F: TransportFactory>(
         .filter(|n| !acknowledged.contains(n))
         .collect();
     let mut errors = Vec::new();
-    let deadline = tokio::time::Instant::now() + 3 * PATIENCE;
     while !missing.is_empty() {
-        let what = || {
-            format!(
-                "after the break, still waiting for {} messages {:?} (the held ones were \
-                 {held_numbers:?}; stream errors so far: {errors:?})",
-                missing.len(),
-                sorted(&missing)
-            )
-        };
-        let item = match tokio::time::timeout_at(deadline, deliveries.next()).await {
+        let item = match tokio::time::timeout(PATIENCE, deliveries.next()).await {
             Ok(item) => item,
-            Err(_) => fail!("{}: nothing for too long", what()),
+            Err(_) => fail!(
+                "{}: nothing came within {PATIENCE:?}",
+                waiting(&missing, &held_numbers, &errors)
+            ),
         };
         match item {
             Some(Ok(delivery)) => {
@@ -84,8 +80,18 @@ pub(crate) async fn resumes<F: TransportFactory>(
                 missing.remove(&n);
                 ack(delivery, "after the break").await?;
             }
-            Some(Err(error)) => errors.push(error.to_string()),
-            None => fail!("{}: the stream ended instead of resuming", what()),
+            Some(Err(error)) => {
+                errors.push(error.to_string());
+                ensure!(
+                    errors.len() <= MAX_ERRORS,
+                    "{}: the stream keeps reporting errors instead of resuming",
+                    waiting(&missing, &held_numbers, &errors)
+                );
+            }
+            None => fail!(
+                "{}: the stream ended instead of resuming",
+                waiting(&missing, &held_numbers, &errors)
+            ),
         }
     }
     for delivery in held {
@@ -120,8 +126,13 @@ async fn publish_retrying(
     }
 }
 
-fn sorted(numbers: &HashSet<Option<usize>>) -> Vec<Option<usize>> {
-    let mut list: Vec<_> = numbers.iter().copied().collect();
-    list.sort_unstable();
-    list
+/// What the case is still waiting for, for a failure.
+fn waiting(missing: &HashSet<Option<usize>>, held: &[Option<usize>], errors: &[String]) -> String {
+    let mut missing: Vec<_> = missing.iter().copied().collect();
+    missing.sort_unstable();
+    format!(
+        "after the break, still waiting for {} messages {missing:?} (the held ones were \
+         {held:?}; stream errors so far: {errors:?})",
+        missing.len()
+    )
 }
