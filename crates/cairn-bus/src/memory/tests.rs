@@ -353,3 +353,69 @@ async fn empty_names_are_invalid() {
         .expect_err("empty topic");
     assert_eq!(error.code(), "invalid");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_consumers_through_severs_and_nacks_lose_nothing() {
+    const COUNT: usize = 20_000;
+    let broker = MemoryBroker::with_options(MemoryOptions::default().queue_capacity(512));
+    let mut consumers = tokio::task::JoinSet::new();
+    let (seen_tx, mut seen_rx) = tokio::sync::mpsc::unbounded_channel::<usize>();
+    for index in 0..3 {
+        let connection = broker.connect();
+        let mut deliveries = connection
+            .subscribe(&spec("g").prefetch(16 << index))
+            .await
+            .expect("subscribe");
+        let seen = seen_tx.clone();
+        consumers.spawn(async move {
+            let _connection = connection;
+            let mut handled = 0usize;
+            while let Some(item) = deliveries.next().await {
+                let delivery = item.expect("a delivery");
+                handled += 1;
+                // Every seventh first attempt is refused once.
+                if delivery.attempt == 1 && handled % 7 == 0 {
+                    let _ = delivery.nack(None).await;
+                    continue;
+                }
+                let n: usize = String::from_utf8_lossy(&delivery.message.payload)
+                    .parse()
+                    .expect("a number");
+                if delivery.ack().await.is_ok() {
+                    seen.send(n).expect("the test is listening");
+                }
+            }
+        });
+    }
+    drop(seen_tx);
+    let publisher = broker.clone();
+    let producing = tokio::spawn(async move {
+        for first in (0..COUNT).step_by(100) {
+            publish(&publisher, "t", first..first + 100).await;
+        }
+    });
+    let mut acknowledged = vec![0u32; COUNT];
+    let mut distinct = 0;
+    let mut severs = 0;
+    while distinct < COUNT {
+        let n = tokio::time::timeout(Duration::from_secs(10), seen_rx.recv())
+            .await
+            .unwrap_or_else(|_| panic!("stalled after {distinct} of {COUNT} messages"))
+            .expect("consumers run");
+        if acknowledged[n] == 0 {
+            distinct += 1;
+        }
+        acknowledged[n] += 1;
+        if distinct % 5_000 == 0 && severs < distinct / 5_000 {
+            severs += 1;
+            broker.sever();
+        }
+    }
+    producing.await.expect("the producer finished");
+    // An acknowledged message is acknowledged once: a redelivery after a sever is only
+    // acknowledged when the first delivery's ack failed.
+    let twice: Vec<usize> = (0..COUNT).filter(|&n| acknowledged[n] > 1).collect();
+    assert!(twice.is_empty(), "acknowledged twice: {twice:?}");
+    assert_eq!(broker.lag(&spec("g")).await.expect("lag"), Some(0));
+    consumers.abort_all();
+}
