@@ -374,7 +374,7 @@ async fn concurrent_consumers_through_severs_and_nacks_lose_nothing() {
                 let delivery = item.expect("a delivery");
                 handled += 1;
                 // Every seventh first attempt is refused once.
-                if delivery.attempt == 1 && handled % 7 == 0 {
+                if delivery.attempt == 1 && handled.is_multiple_of(7) {
                     let _ = delivery.nack(None).await;
                     continue;
                 }
@@ -406,7 +406,7 @@ async fn concurrent_consumers_through_severs_and_nacks_lose_nothing() {
             distinct += 1;
         }
         acknowledged[n] += 1;
-        if distinct % 5_000 == 0 && severs < distinct / 5_000 {
+        if distinct.is_multiple_of(5_000) && severs < distinct / 5_000 {
             severs += 1;
             broker.sever();
         }
