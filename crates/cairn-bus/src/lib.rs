@@ -9,6 +9,7 @@
 
 pub mod consumer;
 pub mod handler;
+pub mod memory;
 pub mod message;
 pub mod metrics;
 pub mod relay;

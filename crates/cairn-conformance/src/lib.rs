@@ -24,6 +24,9 @@
 //! it to prove that deliberately broken stores fail the cases meant to catch them);
 //! [`run_case`] runs one case by name ([`case_names`] lists them).
 //!
+//! The transport contract of `cairn-bus` has a suite of its own, built the same way: the
+//! module [`transport`] and the macro [`transport_suite!`].
+//!
 //! # The cases
 //!
 //! One module per part of the contract (`src/cases/`):
@@ -70,6 +73,7 @@ mod failure;
 mod report;
 mod settings;
 mod support;
+pub mod transport;
 
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
