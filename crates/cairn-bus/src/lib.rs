@@ -9,6 +9,7 @@
 
 pub mod handler;
 pub mod message;
+pub mod ordered;
 pub mod transport;
 
 pub use handler::{HandlerError, Incoming};
