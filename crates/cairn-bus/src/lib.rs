@@ -8,10 +8,12 @@
 //! their own crates and prove themselves with `cairn-conformance`'s transport suite.
 
 pub mod consumer;
+pub mod dedup;
 pub mod handler;
 pub mod memory;
 pub mod message;
 pub mod metrics;
+pub mod ordered;
 pub mod relay;
 pub mod retry;
 pub mod router;

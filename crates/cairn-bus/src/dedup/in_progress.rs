@@ -1,0 +1,85 @@
+//! The ids being handled in this process right now, so that a second delivery of one of
+//! them waits for the first instead of running beside it.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use tokio::sync::oneshot;
+use uuid::Uuid;
+
+/// The ids in progress, each with the deliveries waiting for its outcome. Written by
+/// [`claim`](Self::claim) and by [`Owner`]s when they finish; a waiter holds only its
+/// receiver.
+#[derive(Debug, Default)]
+pub(super) struct InProgress {
+    ids: Mutex<HashMap<Uuid, Vec<oneshot::Sender<bool>>>>,
+}
+
+/// What a delivery gets from [`InProgress::claim`].
+pub(super) enum Claim {
+    /// Nobody handles the id: this delivery does, and must [`Owner::finish`].
+    Owner(Owner),
+    /// Another delivery handles it: this one learns whether it succeeded (`true`); a
+    /// failure, or a dropped owner, says to claim again.
+    Wait(oneshot::Receiver<bool>),
+}
+
+impl InProgress {
+    fn lock(&self) -> MutexGuard<'_, HashMap<Uuid, Vec<oneshot::Sender<bool>>>> {
+        self.ids.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Claims `id` for the calling delivery, or a place among its waiters.
+    pub(super) fn claim(self: &Arc<Self>, id: Uuid) -> Claim {
+        let mut ids = self.lock();
+        if let Some(waiters) = ids.get_mut(&id) {
+            let (sender, receiver) = oneshot::channel();
+            waiters.push(sender);
+            return Claim::Wait(receiver);
+        }
+        ids.insert(id, Vec::new());
+        Claim::Owner(Owner {
+            in_progress: Arc::clone(self),
+            id,
+            finished: false,
+        })
+    }
+
+    #[cfg(test)]
+    pub(super) fn len(&self) -> usize {
+        self.lock().len()
+    }
+}
+
+/// The claim on an id in progress. Dropped without [`finish`](Self::finish) (a cancelled
+/// delivery), it finishes as failed, so a waiter runs the message.
+#[derive(Debug)]
+pub(super) struct Owner {
+    in_progress: Arc<InProgress>,
+    id: Uuid,
+    finished: bool,
+}
+
+impl Owner {
+    /// Ends the claim and tells the waiters whether the message's effects are done.
+    pub(super) fn finish(mut self, succeeded: bool) {
+        self.release(succeeded);
+    }
+
+    fn release(&mut self, succeeded: bool) {
+        if std::mem::replace(&mut self.finished, true) {
+            return;
+        }
+        let waiters = self.in_progress.lock().remove(&self.id);
+        for waiter in waiters.into_iter().flatten() {
+            // A waiter that went away needs no answer.
+            let _ = waiter.send(succeeded);
+        }
+    }
+}
+
+impl Drop for Owner {
+    fn drop(&mut self) {
+        self.release(false);
+    }
+}

@@ -1,0 +1,291 @@
+//! Inbox de-duplication: a message whose id the consumer has already processed is skipped,
+//! so a message delivered twice takes effect once.
+//!
+//! [`DedupLayer::new(consumer, inbox)`](DedupLayer::new) wraps a service so that, for each
+//! message:
+//!
+//! - if `inbox` has recorded the message id for `consumer`, the message is skipped: the
+//!   inner service is not called and the result is `Ok` (the consumer acknowledges it);
+//! - otherwise the inner service runs; on `Ok` the id is recorded, on an error nothing is
+//!   recorded, so a redelivery runs it again.
+//!
+//! Two deliveries of one id racing inside this process never both run the inner service:
+//! the first claims the id in an in-process set, the second waits (on a channel, without
+//! polling) for the first's outcome, then skips if it succeeded or runs if it failed or
+//! was cancelled.
+//!
+//! # The guarantee
+//!
+//! - **Within a process**, the effects of a message happen once per window of the inbox
+//!   (the [`MemoryInbox`] forgets the oldest ids beyond its window; [`PgInbox`] has no
+//!   window), however often and however concurrently it is delivered.
+//! - **Across processes and crashes**, the id is recorded *after* the effects: a crash (or
+//!   a failed record) between the two leaves the message unrecorded and the broker
+//!   redelivers it, so its effects may happen again. Two processes handling one id at the
+//!   same moment may both run it. Handlers that need strictly exactly-once effects record
+//!   the id in the transaction of their own effects with `cairn_postgres::inbox::record`
+//!   and skip the message when it returns `false`; this middleware then only spares them
+//!   the work of duplicates it knows.
+//!
+//! A failure to *check* the inbox fails the message ([`InboxError`] becomes a transient
+//! [`HandlerError`], or a permanent one for a refused consumer name) without running it. A
+//! failure to *record* after the effects succeeded is logged and the message is still
+//! acknowledged: its effects are done, and failing it would only make the broker redeliver
+//! it into an inbox that does not know it.
+//!
+//! # Cost
+//!
+//! With an inbox that answers without waiting ([`Inbox::as_immediate`], as
+//! [`MemoryInbox`] does), a new id costs a claim and a release in the in-process set, a
+//! lookup and an insert in the inbox, each a hash operation under a short lock, and no
+//! allocated future. Other inboxes (PostgreSQL) go through a boxed future.
+//!
+//! # Feature flags
+//!
+//! | Feature    | Adds                                                   |
+//! |------------|--------------------------------------------------------|
+//! | `postgres` | [`PgInbox`], the inbox in PostgreSQL (`cairn-postgres`) |
+//!
+//! # Examples
+//!
+//! ```
+//! use cairn_bus::dedup::{DedupLayer, MemoryInbox};
+//! use cairn_bus::{HandlerError, Incoming, Message};
+//! use tower::{Service, ServiceBuilder, ServiceExt, service_fn};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), HandlerError> {
+//! let inbox = MemoryInbox::new();
+//! let mut service = ServiceBuilder::new()
+//!     .layer(DedupLayer::new("billing", inbox.clone()))
+//!     .service(service_fn(|_: Incoming| async { Ok::<(), HandlerError>(()) }));
+//! let incoming = Incoming::new("orders", Message::new("order.placed", "{}"));
+//! service.ready().await?.call(incoming.clone()).await?;
+//! service.ready().await?.call(incoming).await?; // skipped
+//! assert_eq!(inbox.remembered("billing"), 1);
+//! # Ok(())
+//! # }
+//! ```
+
+mod error;
+mod in_progress;
+mod layer;
+#[cfg(feature = "postgres")]
+mod postgres;
+mod store;
+#[cfg(test)]
+mod tests;
+
+use std::fmt;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use futures::future::{BoxFuture, Either, Join, Map, Ready};
+use futures::{FutureExt, future};
+use tower::Service;
+use uuid::Uuid;
+
+pub use self::error::InboxError;
+pub use self::layer::DedupLayer;
+#[cfg(feature = "postgres")]
+pub use self::postgres::PgInbox;
+pub use self::store::{ImmediateInbox, Inbox, MemoryInbox};
+
+use self::in_progress::{Claim, InProgress, Owner};
+use crate::handler::{HandlerError, Incoming};
+
+/// What every service of one [`DedupLayer`] shares.
+struct Shared {
+    consumer: Arc<str>,
+    inbox: Arc<dyn Inbox>,
+    in_progress: Arc<InProgress>,
+}
+
+/// The response future of [`Dedup`]: an immediate answer (a skipped duplicate), the inner
+/// future with its [`Finish`] beside it (the hot path), or a boxed future for the rest
+/// (waiting for a racing duplicate, an inbox that has to wait).
+pub type ResponseFuture<F> = Either<
+    Either<Ready<Result<(), HandlerError>>, Running<F>>,
+    BoxFuture<'static, Result<(), HandlerError>>,
+>;
+
+/// The inner future of a message claimed on the hot path, with its [`Finish`] beside it.
+pub type Running<F> =
+    Map<Join<F, Ready<Finish>>, fn((Result<(), HandlerError>, Finish)) -> Result<(), HandlerError>>;
+
+/// What a message on the hot path does when the inner service is done: record the id on
+/// success, then release its claim. Dropped unused (a cancelled message), it releases the
+/// claim as failed.
+pub struct Finish {
+    owner: Owner,
+    shared: Arc<Shared>,
+    id: Uuid,
+}
+
+impl fmt::Debug for Finish {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Finish")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Finish {
+    fn run(self, result: Result<(), HandlerError>) -> Result<(), HandlerError> {
+        let succeeded = result.is_ok();
+        if succeeded {
+            let recorded = match self.shared.inbox.as_immediate() {
+                Some(inbox) => inbox.record_now(&self.shared.consumer, self.id),
+                None => Err(InboxError::Unavailable(
+                    "the inbox stopped answering without waiting".into(),
+                )),
+            };
+            if let Err(error) = recorded {
+                not_recorded(&self.shared.consumer, self.id, &error);
+            }
+        }
+        self.owner.finish(succeeded);
+        result
+    }
+}
+
+fn run_finish((result, finish): (Result<(), HandlerError>, Finish)) -> Result<(), HandlerError> {
+    finish.run(result)
+}
+
+fn not_recorded(consumer: &str, id: Uuid, error: &InboxError) {
+    tracing::warn!(
+        consumer,
+        message_id = %id,
+        code = error.code(),
+        %error,
+        "message handled but not recorded in the inbox; a redelivery would run it again"
+    );
+}
+
+/// The service made by [`DedupLayer`]; see the [module docs](self).
+pub struct Dedup<S> {
+    inner: S,
+    shared: Arc<Shared>,
+}
+
+impl<S: Clone> Clone for Dedup<S> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            shared: Arc::clone(&self.shared),
+        }
+    }
+}
+
+impl<S: fmt::Debug> fmt::Debug for Dedup<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Dedup")
+            .field("inner", &self.inner)
+            .field("consumer", &self.shared.consumer)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S> Dedup<S> {
+    /// The wrapped service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+}
+
+impl<S> Service<Incoming> for Dedup<S>
+where
+    S: Service<Incoming, Response = (), Error = HandlerError> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = ();
+    type Error = HandlerError;
+    type Future = ResponseFuture<S::Future>;
+
+    /// # Errors
+    ///
+    /// The inner service's readiness error.
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), HandlerError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Incoming) -> Self::Future {
+        let id = request.message.id;
+        let claim = self.shared.in_progress.claim(id);
+        let claim = match (claim, self.shared.inbox.as_immediate()) {
+            (Claim::Owner(owner), Some(inbox)) => {
+                let answer = match inbox.contains_now(&self.shared.consumer, id) {
+                    Ok(false) => {
+                        let finish = Finish {
+                            owner,
+                            shared: Arc::clone(&self.shared),
+                            id,
+                        };
+                        let running = future::join(self.inner.call(request), future::ready(finish))
+                            .map(run_finish as fn(_) -> _);
+                        return Either::Left(Either::Right(running));
+                    }
+                    Ok(true) => {
+                        owner.finish(true);
+                        Ok(())
+                    }
+                    Err(error) => {
+                        owner.finish(false);
+                        Err(error.into())
+                    }
+                };
+                return Either::Left(Either::Left(future::ready(answer)));
+            }
+            (claim, _) => claim,
+        };
+        // The inner service was made ready for this message: take that one, leave a clone
+        // for the next.
+        let clone = self.inner.clone();
+        let inner = std::mem::replace(&mut self.inner, clone);
+        Either::Right(Box::pin(run_waiting(
+            Arc::clone(&self.shared),
+            inner,
+            request,
+            claim,
+        )))
+    }
+}
+
+/// The path that may wait: for a racing duplicate's outcome, or for the inbox.
+async fn run_waiting<S>(
+    shared: Arc<Shared>,
+    mut inner: S,
+    request: Incoming,
+    mut claim: Claim,
+) -> Result<(), HandlerError>
+where
+    S: Service<Incoming, Response = (), Error = HandlerError>,
+{
+    let id = request.message.id;
+    loop {
+        let owner = match claim {
+            Claim::Owner(owner) => owner,
+            Claim::Wait(outcome) => {
+                if outcome.await == Ok(true) {
+                    return Ok(());
+                }
+                claim = shared.in_progress.claim(id);
+                continue;
+            }
+        };
+        // On an error `owner` drops, which releases the claim as failed.
+        if shared.inbox.contains(&shared.consumer, id).await? {
+            owner.finish(true);
+            return Ok(());
+        }
+        let result = inner.call(request).await;
+        if result.is_ok()
+            && let Err(error) = shared.inbox.record(&shared.consumer, id).await
+        {
+            not_recorded(&shared.consumer, id, &error);
+        }
+        owner.finish(result.is_ok());
+        return result;
+    }
+}

@@ -1,0 +1,268 @@
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::sync::Semaphore;
+use tower::{Layer, Service, ServiceExt, service_fn};
+
+use super::*;
+use crate::message::Message;
+
+/// A handler that counts its runs, fails while `failing` is set, and, when `gate` has no
+/// permits, waits for one before finishing.
+#[derive(Clone, Default)]
+struct Handler {
+    runs: Arc<AtomicUsize>,
+    failing: Arc<AtomicBool>,
+    gate: Option<Arc<Semaphore>>,
+}
+
+impl Handler {
+    fn gated() -> (Self, Arc<Semaphore>) {
+        let gate = Arc::new(Semaphore::new(0));
+        let handler = Self {
+            gate: Some(Arc::clone(&gate)),
+            ..Self::default()
+        };
+        (handler, gate)
+    }
+
+    fn runs(&self) -> usize {
+        self.runs.load(Ordering::SeqCst)
+    }
+
+    fn service(
+        &self,
+    ) -> impl Service<Incoming, Response = (), Error = HandlerError, Future: Send> + Clone + Send + 'static
+    {
+        let handler = self.clone();
+        service_fn(move |_: Incoming| {
+            let handler = handler.clone();
+            async move {
+                handler.runs.fetch_add(1, Ordering::SeqCst);
+                if let Some(gate) = &handler.gate {
+                    gate.acquire().await.unwrap().forget();
+                }
+                if handler.failing.load(Ordering::SeqCst) {
+                    return Err(HandlerError::transient("downstream away"));
+                }
+                Ok(())
+            }
+        })
+    }
+}
+
+/// An inbox that always has to wait: the memory inbox without its immediate side.
+#[derive(Clone, Default)]
+struct WaitingInbox {
+    memory: MemoryInbox,
+    broken: Arc<AtomicBool>,
+}
+
+#[async_trait]
+impl Inbox for WaitingInbox {
+    async fn contains(&self, consumer: &str, id: Uuid) -> Result<bool, InboxError> {
+        tokio::task::yield_now().await;
+        if self.broken.load(Ordering::SeqCst) {
+            return Err(InboxError::Unavailable("connection refused".into()));
+        }
+        self.memory.contains_now(consumer, id)
+    }
+
+    async fn record(&self, consumer: &str, id: Uuid) -> Result<bool, InboxError> {
+        tokio::task::yield_now().await;
+        self.memory.record_now(consumer, id)
+    }
+}
+
+fn incoming(id: Uuid) -> Incoming {
+    Incoming::new("orders", Message::new("order.placed", "{}").with_id(id))
+}
+
+async fn deliver<S>(service: &mut S, id: Uuid) -> Result<(), HandlerError>
+where
+    S: Service<Incoming, Response = (), Error = HandlerError>,
+{
+    service.ready().await?.call(incoming(id)).await
+}
+
+#[tokio::test]
+async fn a_recorded_message_is_skipped_without_running_the_handler() {
+    for inbox in [
+        Arc::new(MemoryInbox::new()) as Arc<dyn Inbox>,
+        Arc::new(WaitingInbox::default()),
+    ] {
+        let handler = Handler::default();
+        let mut service =
+            DedupLayer::from_shared("billing", inbox.clone()).layer(handler.service());
+        let id = Uuid::now_v7();
+        deliver(&mut service, id).await.unwrap();
+        deliver(&mut service, id).await.unwrap();
+        deliver(&mut service, Uuid::now_v7()).await.unwrap();
+        assert_eq!(handler.runs(), 2);
+        assert!(inbox.contains("billing", id).await.unwrap());
+        assert!(
+            !inbox.contains("shipping", id).await.unwrap(),
+            "consumers are apart"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_failed_message_is_not_recorded_so_its_redelivery_runs_again() {
+    for inbox in [
+        Arc::new(MemoryInbox::new()) as Arc<dyn Inbox>,
+        Arc::new(WaitingInbox::default()),
+    ] {
+        let handler = Handler::default();
+        let mut service =
+            DedupLayer::from_shared("billing", inbox.clone()).layer(handler.service());
+        let id = Uuid::now_v7();
+        handler.failing.store(true, Ordering::SeqCst);
+        let error = deliver(&mut service, id).await.unwrap_err();
+        assert_eq!(error.code(), "transient");
+        assert!(!inbox.contains("billing", id).await.unwrap());
+
+        handler.failing.store(false, Ordering::SeqCst);
+        deliver(&mut service, id).await.unwrap();
+        deliver(&mut service, id).await.unwrap();
+        assert_eq!(
+            handler.runs(),
+            2,
+            "the failure and the redelivery ran, the duplicate not"
+        );
+    }
+}
+
+/// Starts a delivery on its own task and lets it reach the handler.
+async fn start<S>(service: &mut S, id: Uuid) -> tokio::task::JoinHandle<Result<(), HandlerError>>
+where
+    S: Service<Incoming, Response = (), Error = HandlerError>,
+    S::Future: Send + 'static,
+{
+    let future = service.ready().await.unwrap().call(incoming(id));
+    let task = tokio::spawn(future);
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+    task
+}
+
+#[tokio::test]
+async fn concurrent_deliveries_of_one_id_run_the_handler_once() {
+    for inbox in [
+        Arc::new(MemoryInbox::new()) as Arc<dyn Inbox>,
+        Arc::new(WaitingInbox::default()),
+    ] {
+        let (handler, gate) = Handler::gated();
+        let layer = DedupLayer::from_shared("billing", inbox);
+        let mut one = layer.layer(handler.service());
+        let mut two = layer.layer(handler.service());
+        let id = Uuid::now_v7();
+        let first = start(&mut one, id).await;
+        let second = start(&mut two, id).await;
+        let third = start(&mut one, id).await;
+        assert_eq!(handler.runs(), 1, "the duplicates wait");
+
+        gate.add_permits(1);
+        first.await.unwrap().unwrap();
+        second.await.unwrap().unwrap();
+        third.await.unwrap().unwrap();
+        assert_eq!(handler.runs(), 1);
+        assert_eq!(layer.shared.in_progress.len(), 0);
+    }
+}
+
+#[tokio::test]
+async fn a_waiting_duplicate_runs_when_the_first_delivery_fails() {
+    let (handler, gate) = Handler::gated();
+    let mut service = DedupLayer::new("billing", MemoryInbox::new()).layer(handler.service());
+    let id = Uuid::now_v7();
+    handler.failing.store(true, Ordering::SeqCst);
+    let first = start(&mut service, id).await;
+    let second = start(&mut service, id).await;
+    assert_eq!(handler.runs(), 1);
+
+    gate.add_permits(1);
+    assert!(first.await.unwrap().is_err());
+    handler.failing.store(false, Ordering::SeqCst);
+    tokio::task::yield_now().await;
+    gate.add_permits(1);
+    second.await.unwrap().unwrap();
+    assert_eq!(handler.runs(), 2);
+}
+
+#[tokio::test]
+async fn a_cancelled_first_delivery_lets_the_duplicate_run() {
+    let (handler, gate) = Handler::gated();
+    let layer = DedupLayer::new("billing", MemoryInbox::new());
+    let mut service = layer.layer(handler.service());
+    let id = Uuid::now_v7();
+    let first = start(&mut service, id).await;
+    let second = start(&mut service, id).await;
+    first.abort();
+    assert!(first.await.unwrap_err().is_cancelled());
+    gate.add_permits(1);
+    tokio::time::timeout(Duration::from_secs(10), second)
+        .await
+        .expect("the duplicate is not stuck")
+        .unwrap()
+        .unwrap();
+    assert_eq!(handler.runs(), 2);
+    deliver(&mut service, id).await.unwrap();
+    assert_eq!(handler.runs(), 2, "recorded by the second");
+    assert_eq!(layer.shared.in_progress.len(), 0);
+}
+
+#[tokio::test]
+async fn an_unavailable_inbox_fails_the_message_without_running_it() {
+    let inbox = WaitingInbox::default();
+    inbox.broken.store(true, Ordering::SeqCst);
+    let handler = Handler::default();
+    let layer = DedupLayer::new("billing", inbox);
+    let mut service = layer.layer(handler.service());
+    let error = deliver(&mut service, Uuid::now_v7()).await.unwrap_err();
+    assert!(error.is_retryable());
+    assert!(
+        error.to_string().contains("inbox is unavailable"),
+        "{error}"
+    );
+    assert_eq!(handler.runs(), 0);
+    assert_eq!(layer.shared.in_progress.len(), 0);
+}
+
+#[test]
+fn the_memory_inbox_forgets_the_oldest_ids_beyond_its_window() {
+    let inbox = MemoryInbox::with_window(3);
+    let ids: Vec<Uuid> = (0..5).map(|_| Uuid::now_v7()).collect();
+    for id in &ids {
+        assert!(inbox.record_now("billing", *id).unwrap());
+    }
+    assert!(
+        !inbox.record_now("billing", ids[4]).unwrap(),
+        "a duplicate is not recorded twice"
+    );
+    let remembered: Vec<bool> = ids
+        .iter()
+        .map(|id| inbox.contains_now("billing", *id).unwrap())
+        .collect();
+    assert_eq!(remembered, [false, false, true, true, true]);
+    assert_eq!(inbox.remembered("billing"), 3);
+    assert_eq!(inbox.remembered("shipping"), 0);
+
+    // A forgotten id is new again.
+    assert!(inbox.record_now("billing", ids[0]).unwrap());
+    assert!(!inbox.contains_now("billing", ids[2]).unwrap());
+}
+
+#[test]
+fn each_consumer_has_its_own_window() {
+    let inbox = MemoryInbox::with_window(1);
+    let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
+    inbox.record_now("billing", a).unwrap();
+    inbox.record_now("shipping", b).unwrap();
+    assert!(inbox.contains_now("billing", a).unwrap());
+    assert!(inbox.contains_now("shipping", b).unwrap());
+    assert_eq!(MemoryInbox::new().window(), MemoryInbox::DEFAULT_WINDOW);
+}

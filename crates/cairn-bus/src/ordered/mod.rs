@@ -1,0 +1,180 @@
+//! Ordered concurrency: many messages in flight at once, but the messages of one ordering
+//! key ([`Message::key`](crate::Message::key)) one at a time, in delivery order.
+//!
+//! [`OrderedLayer::new(n)`](OrderedLayer::new) wraps a service so that:
+//!
+//! - at most `n` messages are in flight in total (running, or waiting behind an earlier
+//!   message of their key); while `n` are, `poll_ready` is pending, so the consumer stops
+//!   pulling from the transport;
+//! - messages with the same key run one at a time, in the order `call` was invoked. The
+//!   consumer calls `call` in delivery order, and the message's place in its key's queue
+//!   is taken inside `call` itself, not when the returned future is first polled;
+//! - messages without a key only count against `n`.
+//!
+//! Each key with a message in flight has a lane; the lane goes when its last message is
+//! done, so memory is bounded by the messages in flight, not by the keys ever seen.
+//! Dropping a response future (cancelling the message) gives back its slot and its place:
+//! the next message of its key gets the turn.
+//!
+//! On the hot path (a free lane or no key) `call` takes one short lock on the lane table
+//! and calls the inner service directly; nothing is boxed. Only a message that has to wait
+//! behind its key is boxed, with its wait.
+//!
+//! This is not a per-key queue with its own tasks: messages wait inside their own
+//! futures, which the consumer drives.
+//!
+//! # Examples
+//!
+//! ```
+//! use cairn_bus::ordered::OrderedLayer;
+//! use cairn_bus::{HandlerError, Incoming};
+//! use tower::{ServiceBuilder, service_fn};
+//!
+//! let layer = OrderedLayer::new(64);
+//! let service = ServiceBuilder::new()
+//!     .layer(layer.clone())
+//!     .service(service_fn(|_: Incoming| async { Ok::<(), HandlerError>(()) }));
+//! assert_eq!(layer.in_flight(), 0);
+//! # drop(service);
+//! ```
+
+mod lanes;
+mod layer;
+#[cfg(test)]
+mod tests;
+
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use futures::future::{BoxFuture, Either, Join, Map, Ready};
+use futures::{FutureExt, future};
+use tokio::sync::OwnedSemaphorePermit;
+use tokio_util::sync::PollSemaphore;
+use tower::Service;
+
+pub use self::lanes::Release;
+pub use self::layer::OrderedLayer;
+
+use self::lanes::{Entry, LaneKey, Lanes};
+use crate::handler::{HandlerError, Incoming};
+
+/// The response future of [`Ordered`]: the inner future run with the message's release
+/// beside it (dropped when the message is done or cancelled), or, for a message that
+/// waits behind its key, a boxed wait-then-run.
+pub type ResponseFuture<F> = Either<Running<F>, BoxFuture<'static, Result<(), HandlerError>>>;
+
+/// The inner future of a message that holds its lane, with its [`Release`] beside it.
+pub type Running<F> = Map<
+    Join<F, Ready<Release>>,
+    fn((Result<(), HandlerError>, Release)) -> Result<(), HandlerError>,
+>;
+
+/// The service made by [`OrderedLayer`]; see the [module docs](self).
+#[derive(Debug)]
+pub struct Ordered<S> {
+    inner: S,
+    /// This service's handle on the layer's semaphore; its waker is this service's.
+    semaphore: PollSemaphore,
+    /// The slot taken by `poll_ready`, spent by the next `call`.
+    permit: Option<OwnedSemaphorePermit>,
+    lanes: Arc<Lanes>,
+}
+
+impl<S: Clone> Clone for Ordered<S> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            semaphore: self.semaphore.clone(),
+            // A slot belongs to the service that acquired it.
+            permit: None,
+            lanes: Arc::clone(&self.lanes),
+        }
+    }
+}
+
+impl<S> Ordered<S> {
+    fn new(inner: S, semaphore: PollSemaphore, lanes: Arc<Lanes>) -> Self {
+        Self {
+            inner,
+            semaphore,
+            permit: None,
+            lanes,
+        }
+    }
+
+    /// The wrapped service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+}
+
+fn finish((result, release): (Result<(), HandlerError>, Release)) -> Result<(), HandlerError> {
+    drop(release);
+    result
+}
+
+fn running<F>(future: F, release: Release) -> Running<F>
+where
+    F: std::future::Future<Output = Result<(), HandlerError>>,
+{
+    future::join(future, future::ready(release)).map(finish as fn(_) -> _)
+}
+
+impl<S> Service<Incoming> for Ordered<S>
+where
+    S: Service<Incoming, Response = (), Error = HandlerError> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = ();
+    type Error = HandlerError;
+    type Future = ResponseFuture<S::Future>;
+
+    /// Ready when a slot of the global bound is free and the inner service is ready.
+    ///
+    /// # Errors
+    ///
+    /// The inner service's readiness error.
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), HandlerError>> {
+        if self.permit.is_none() {
+            match self.semaphore.poll_acquire(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Some(permit)) => self.permit = Some(permit),
+                // The layer never closes its semaphore.
+                Poll::Ready(None) => return Poll::Ready(Err(HandlerError::ShuttingDown)),
+            }
+        }
+        self.inner.poll_ready(cx)
+    }
+
+    /// Takes the message's place in its key's queue now, then runs it when its turn
+    /// comes.
+    ///
+    /// # Panics
+    ///
+    /// When called without a successful `poll_ready` before it, as tower's contract
+    /// forbids.
+    fn call(&mut self, request: Incoming) -> Self::Future {
+        let permit = self
+            .permit
+            .take()
+            .expect("Ordered::call without poll_ready: the slot was not acquired");
+        let Some(key) = LaneKey::of(&request.message) else {
+            return Either::Left(running(self.inner.call(request), Release::unkeyed(permit)));
+        };
+        match self.lanes.enter(key, permit) {
+            Entry::Free(release) => Either::Left(running(self.inner.call(request), release)),
+            Entry::Queued(turn) => {
+                // The inner service was made ready for this message: take that one, leave
+                // a clone for the next.
+                let clone = self.inner.clone();
+                let mut inner = std::mem::replace(&mut self.inner, clone);
+                Either::Right(Box::pin(async move {
+                    let release = turn.await;
+                    let result = inner.call(request).await;
+                    drop(release);
+                    result
+                }))
+            }
+        }
+    }
+}
