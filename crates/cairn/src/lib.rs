@@ -56,7 +56,8 @@
 //! | `log`    | yes     | [`log`]: the embedded durable store, `cairn-log`. |
 //! | `memory` | yes     | [`memory`]: the in-memory reference store, `cairn-memory`. |
 //! | `es`     | with `cli` | [`es`]: event sourcing (deciders, repository, snapshots, upcasting, test kit), `cairn-es`. |
-//! | `cli`    | yes     | The `cairn` program (command line and `cairn bench`); implies `log` and `es`. A library user can turn it off with `default-features = false`. |
+//! | `bus`    | with `cli` | [`bus`]: the message bus (router, middleware, in-memory transport, outbox relay), `cairn-bus`. |
+//! | `cli`    | yes     | The `cairn` program (command line and `cairn bench`); implies `log`, `es` and `bus`. A library user can turn it off with `default-features = false`. |
 //! | `peers`  | no      | `cairn bench --compare postgres,nats`: the same workloads against PostgreSQL and NATS JetStream, side by side; implies `cli`. |
 //! | `postgres` | no    | `cairn bench --store postgres`: the workloads on `cairn-postgres`, with its own targets, beside the naive insert of `--compare postgres`; implies `peers`. |
 
@@ -74,3 +75,8 @@ pub use cairn_memory as memory;
 /// Event sourcing on any store: `cairn-es`.
 #[cfg(feature = "es")]
 pub use cairn_es as es;
+
+/// The message bus: messages, transports, the router and its middleware, the outbox
+/// relay: `cairn-bus`.
+#[cfg(feature = "bus")]
+pub use cairn_bus as bus;

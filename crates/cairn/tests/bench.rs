@@ -452,3 +452,25 @@ fn the_es_suite_runs_commands_and_loads_through_a_repository() {
         "only the es workloads ran: {report}"
     );
 }
+
+#[test]
+fn the_bus_suite_runs_the_transport_alone_and_through_the_router() {
+    let dir = TempPath::new("bus");
+    let mut args = vec!["bus"];
+    args.extend(TINY);
+    let report = report(&bench(dir.path(), &args));
+    for name in ["bus-raw", "bus-router"] {
+        let row = workload(&report, name);
+        assert!(row["events"].as_u64().unwrap() > 0, "{row}");
+        assert!(row["latency"]["p99_us"].as_f64().unwrap() > 0.0, "{row}");
+    }
+    assert_eq!(
+        workload(&report, "bus-router")["target"]["goal"],
+        ">= 1,000,000 msg/s"
+    );
+    assert!(workload(&report, "bus-raw")["target"].is_null());
+    assert!(
+        report["probes"].is_null(),
+        "the bus suite writes nothing to disk"
+    );
+}

@@ -16,6 +16,7 @@
 //! | `latency`    | 10,000 events/s offered, append start → live subscriber delivery         |
 //! | `custom`     | `--writers` × `--batch`, run when either is given                        |
 //! | `open`       | opens a store of `--open-events` in `--open-streams` (10 M in 1 M by default), after a clean close and as after a crash; run only when named |
+//! | `bus`        | the message bus over the in-memory transport: `bus-raw`, deliver and ack alone; `bus-router`, through the consumer, router and middleware; run only when named (`cairn bench bus`) |
 //! | `es`         | event sourcing ([`es`]): `es-commands`, 64 clients running commands through a repository with its state cache (`es-commands-uncached` without it); `es-load`, loading an aggregate of 1 M events with a snapshot per 1,000; run only when named (`cairn bench es`) |
 //!
 //! `--store postgres` runs the write, latency and read workloads on `cairn-postgres`
@@ -27,6 +28,7 @@
 //! disk probe, [`stats`] the percentiles, [`progress`] the progress line, [`report`] the
 //! output.
 
+mod bus;
 mod es;
 pub(crate) mod open;
 mod peers;
@@ -166,6 +168,9 @@ pub(crate) enum Workload {
     /// Event sourcing: commands through a repository, and loading a large aggregate.
     #[value(name = "es")]
     Es,
+    /// The message bus: the in-memory transport alone, then through the router.
+    #[value(name = "bus")]
+    Bus,
 }
 
 impl Workload {
@@ -180,12 +185,13 @@ impl Workload {
             Self::Custom => "custom",
             Self::Open => "open",
             Self::Es => "es",
+            Self::Bus => "bus",
         }
     }
 
     /// Whether it writes durably (and so belongs between the disk probes).
     fn durable(self) -> bool {
-        !matches!(self, Self::ReadAll | Self::Open)
+        !matches!(self, Self::ReadAll | Self::Open | Self::Bus)
     }
 }
 
@@ -196,6 +202,8 @@ pub(crate) enum Suite {
     Store,
     /// Event sourcing: `es-commands` and `es-load`.
     Es,
+    /// The message bus: `bus-raw` and `bus-router`.
+    Bus,
 }
 
 /// The systems `--compare` can run the write workloads against.
@@ -360,10 +368,11 @@ fn plan(args: &BenchArgs) -> Vec<Workload> {
     let chosen = |workload: Workload| {
         if args.workload.is_empty() && args.suite == Some(Suite::Es) {
             workload == Workload::Es
+        } else if args.workload.is_empty() && args.suite == Some(Suite::Bus) {
+            workload == Workload::Bus
         } else if args.workload.is_empty() {
             (workload != Workload::Custom || custom)
-                && workload != Workload::Open
-                && workload != Workload::Es
+                && !matches!(workload, Workload::Open | Workload::Es | Workload::Bus)
         } else {
             args.workload.contains(&workload)
         }
@@ -378,6 +387,7 @@ fn plan(args: &BenchArgs) -> Vec<Workload> {
         Workload::Es,
         Workload::ReadAll,
         Workload::Open,
+        Workload::Bus,
     ]
     .into_iter()
     .filter(|w| chosen(*w))
@@ -419,7 +429,8 @@ impl Bench<'_> {
                 | Workload::Latency
                 | Workload::ReadAll
                 | Workload::Open
-                | Workload::Es => {
+                | Workload::Es
+                | Workload::Bus => {
                     continue;
                 }
             };
@@ -471,6 +482,16 @@ impl Bench<'_> {
             workloads.push(clean);
             workloads.push(crash);
             notes.push(note);
+        }
+        if plan.contains(&Workload::Bus) {
+            let raw = self.bus(false).await?;
+            let mut routed = self.bus(true).await?;
+            let ratio = routed.events_per_sec / raw.events_per_sec.max(1e-9);
+            if let Some(detail) = &mut routed.detail {
+                detail.push_str(&format!("; {ratio:.2} x bus-raw of this run"));
+            }
+            workloads.push(raw);
+            workloads.push(routed);
         }
         if !self.peers.is_empty() {
             notes.push(
@@ -747,6 +768,44 @@ impl Bench<'_> {
         })
     }
 
+    async fn bus(&self, routed: bool) -> anyhow::Result<WorkloadResult> {
+        let name = if routed { "bus-router" } else { "bus-raw" };
+        let stage = self.progress.stage(name, Some(self.args.duration));
+        let (duration, count, size) =
+            (self.args.duration, self.args.count, self.args.size as usize);
+        let measured = if routed {
+            bus::router(duration, count, size, &stage.counter()).await?
+        } else {
+            bus::raw(duration, count, size, &stage.counter()).await?
+        };
+        stage.done(&summary(&measured)).await;
+        let what = if routed {
+            format!(
+                "through the consumer and router behind the metrics, ordered concurrency \
+                 ({} in flight), inbox de-duplication and retry middleware",
+                bus::IN_FLIGHT
+            )
+        } else {
+            "the transport alone: deliver and ack".to_owned()
+        };
+        Ok(WorkloadResult {
+            name: name.to_owned(),
+            writers: 1,
+            batch: 1,
+            events: measured.events,
+            seconds: measured.seconds,
+            events_per_sec: measured.events_per_sec(),
+            mb_per_sec: measured.mb_per_sec(size),
+            latency: measured.latency,
+            target: None,
+            peers: Vec::new(),
+            detail: Some(format!(
+                "in-memory transport, one producer publishing batches of 256 on 1,024 keys, \
+                 one consumer, {what}; ev/s is messages/s, latencies are publish → handled"
+            )),
+        })
+    }
+
     async fn es_load(&self) -> anyhow::Result<WorkloadResult> {
         let stage = self.progress.stage("es-load", Some(self.args.duration));
         let measured = es::load(
@@ -846,6 +905,11 @@ fn target(workload: &WorkloadResult, probes: Option<&Probes>) -> Option<Target> 
             goal: "p99 <= 2,000 µs".to_owned(),
             measured: workload.latency.p99_us,
             met: workload.latency.p99_us <= 2000.0,
+        }),
+        "bus-router" => Some(Target {
+            goal: ">= 1,000,000 msg/s".to_owned(),
+            measured: workload.events_per_sec,
+            met: workload.events_per_sec >= 1_000_000.0,
         }),
         _ => None,
     }
