@@ -231,7 +231,7 @@ where
                         Some(Ok(delivery)) => {
                             ready = false;
                             let (topic, message, attempt, acknowledge) = delivery.into_parts();
-                            let incoming = Incoming { topic, message: Arc::new(message), attempt };
+                            let incoming = Incoming { topic, message, attempt };
                             let call = self.service.call(incoming);
                             run.start(acknowledge, call).await;
                         }

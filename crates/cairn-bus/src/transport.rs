@@ -213,8 +213,9 @@ pub trait Acknowledge: Send + 'static {
 pub struct Delivery {
     /// The topic it came from.
     pub topic: Arc<str>,
-    /// The message.
-    pub message: Message,
+    /// The message (shared, so that a transport keeping it for redelivery need not copy
+    /// it).
+    pub message: Arc<Message>,
     /// Which delivery of this message this is, from 1; greater than 1 after a nack, a
     /// timeout or a consumer's death.
     pub attempt: u32,
@@ -225,13 +226,13 @@ impl Delivery {
     /// A delivery answered through `acknowledge` (for transports).
     pub fn new(
         topic: Arc<str>,
-        message: Message,
+        message: impl Into<Arc<Message>>,
         attempt: u32,
         acknowledge: Box<dyn Acknowledge>,
     ) -> Self {
         Self {
             topic,
-            message,
+            message: message.into(),
             attempt,
             acknowledge,
         }
@@ -259,7 +260,7 @@ impl Delivery {
 
     /// Splits the delivery into its message and its answer, for code that handles the two
     /// apart.
-    pub fn into_parts(self) -> (Arc<str>, Message, u32, Box<dyn Acknowledge>) {
+    pub fn into_parts(self) -> (Arc<str>, Arc<Message>, u32, Box<dyn Acknowledge>) {
         (self.topic, self.message, self.attempt, self.acknowledge)
     }
 }

@@ -62,7 +62,7 @@ struct GroupState {
 /// A message waiting in a queue.
 #[derive(Debug)]
 struct Queued {
-    message: Message,
+    message: Arc<Message>,
     /// How many times it was delivered so far.
     delivered: u32,
 }
@@ -98,7 +98,7 @@ impl Ord for Delayed {
 /// A message handed to a consumer and not yet answered.
 #[derive(Debug)]
 struct Outstanding {
-    message: Message,
+    message: Arc<Message>,
     /// The attempt number of this delivery (from 1).
     attempt: u32,
     consumer: u64,
@@ -199,7 +199,7 @@ impl Consumer {
 #[derive(Debug)]
 pub(super) struct Buffered {
     pub(super) tag: Tag,
-    pub(super) message: Message,
+    pub(super) message: Arc<Message>,
     pub(super) attempt: u32,
 }
 
@@ -261,7 +261,7 @@ impl Group {
 
     /// Appends `messages` to `ready` (the caller checked the room) and wakes idle
     /// consumers.
-    pub(super) fn push(&self, messages: impl IntoIterator<Item = Message>) {
+    pub(super) fn push(&self, messages: impl IntoIterator<Item = Arc<Message>>) {
         let mut wakers = Vec::new();
         {
             let mut state = self.lock();
@@ -349,7 +349,7 @@ impl Group {
                 break;
             };
             let attempt = queued.delivered.saturating_add(1);
-            let message = queued.message.clone();
+            let message = Arc::clone(&queued.message);
             let tag = state.outstanding.insert(Outstanding {
                 message: queued.message,
                 attempt,

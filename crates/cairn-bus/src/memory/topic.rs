@@ -99,9 +99,10 @@ impl Topic {
                 if full.is_none() {
                     let now = Instant::now();
                     let state = &mut *state;
-                    let accepted: Vec<Message> = pending
+                    let accepted: Vec<Arc<Message>> = pending
                         .drain(..room)
                         .filter(|message| state.recent.first_time(message.id, now))
+                        .map(Arc::new)
                         .collect();
                     if let Some(((_, last), others)) = state.groups.split_last() {
                         for (_, group) in others {

@@ -61,7 +61,7 @@ pub(crate) async fn arrive_intact<F: TransportFactory>(
             original.id
         );
         ensure!(
-            delivery.message == *original,
+            *delivery.message == *original,
             "a message changed on its way:\n  published {original:?}\n  received  {:?}",
             delivery.message
         );

@@ -139,7 +139,7 @@ pub(crate) async fn oversized_refused<F: TransportFactory>(
         );
     }
     ensure!(
-        first.message == exact,
+        *first.message == exact,
         "the message of exactly the limit arrived changed ({} payload bytes, {} sent)",
         first.message.payload.len(),
         exact.payload.len()
