@@ -125,8 +125,13 @@ impl Recorder {
 
 fn broker() -> MemoryBroker {
     // The producer publishes as fast as it can; a bounded queue makes it wait for the
-    // consumer, as a real broker's flow control would.
-    MemoryBroker::with_options(MemoryOptions::default().queue_capacity(16 * 1_024))
+    // consumer, as a real broker's flow control would. The broker's own de-duplication of
+    // published ids is off: the router's inbox is the de-duplication being measured.
+    MemoryBroker::with_options(
+        MemoryOptions::default()
+            .queue_capacity(16 * 1_024)
+            .dedup_ids(0),
+    )
 }
 
 /// Waits until `count` messages were handled or `duration` passed, then stops `stop`.

@@ -800,7 +800,8 @@ impl Bench<'_> {
             target: None,
             peers: Vec::new(),
             detail: Some(format!(
-                "in-memory transport, one producer publishing batches of 256 on 1,024 keys, \
+                "in-memory transport (its publish de-duplication off), one producer publishing \
+                 batches of 256 on 1,024 keys, \
                  one consumer, {what}; ev/s is messages/s, latencies are publish → handled"
             )),
         })
