@@ -58,6 +58,7 @@
 //! [`MemoryBroker::sever`]: cairn_bus::memory::MemoryBroker::sever
 
 mod cases;
+pub mod proxy;
 mod support;
 
 use std::future::Future;
