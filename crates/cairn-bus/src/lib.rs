@@ -7,6 +7,7 @@
 //! This crate knows no broker: NATS JetStream, RabbitMQ, Redis Streams and Kafka live in
 //! their own crates and prove themselves with `cairn-conformance`'s transport suite.
 
+pub mod deadletter;
 pub mod dedup;
 pub mod handler;
 pub mod message;
