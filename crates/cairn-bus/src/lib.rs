@@ -8,6 +8,7 @@
 //! their own crates and prove themselves with `cairn-conformance`'s transport suite.
 
 pub mod consumer;
+pub mod deadletter;
 pub mod dedup;
 pub mod handler;
 pub mod memory;
