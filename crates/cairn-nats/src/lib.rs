@@ -34,13 +34,14 @@
 //! | [`lag`](cairn_bus::Subscriber::lag) | the consumer's `num_pending + num_ack_pending` from `CONSUMER.INFO` |
 //!
 //! **Groups and history.** A group's consumer starts at the messages published after it
-//! was created (deliver policy *new*), as a group of the in-memory transport does. With
-//! the default [`Retention::Interest`] a stream keeps a message until every group that
-//! existed when it was published acknowledged it, and does not keep what is published to
-//! a topic without groups. [`Retention::Limits`] keeps messages by age, count and size
-//! instead ([`NatsOptions::max_age`], [`NatsOptions::max_messages`],
-//! [`NatsOptions::max_bytes`], oldest dropped first) — trimming that may drop messages a
-//! slow group has not read.
+//! was created (deliver policy *new*), as a group of the in-memory transport does, so a
+//! group never sees what was published before it existed. With the default
+//! [`Retention::Limits`] a stream keeps messages by age, count and size
+//! ([`NatsOptions::max_age`] — seven days by default —, [`NatsOptions::max_messages`],
+//! [`NatsOptions::max_bytes`]), oldest dropped first, acknowledged or not: a group that
+//! falls further behind than that loses what was trimmed. [`Retention::Interest`] drops a
+//! message once every group acknowledged it instead, but lost confirmed messages across
+//! a server restart in our tests against nats-server 2.9, so it is not the default.
 //!
 //! **Prefetch.** JetStream's `max_ack_pending` is one number for the whole consumer, so it
 //! cannot be a per-subscription prefetch (two consumers of a group with prefetch 1 would

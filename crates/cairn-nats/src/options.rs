@@ -21,15 +21,17 @@ pub enum Storage {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Retention {
-    /// Once every group that existed when it was published has acknowledged it (the
-    /// default). A message published while the topic has no group is not kept, as with
-    /// the in-memory transport.
-    Interest,
     /// Only by the stream's limits ([`NatsOptions::max_age`],
     /// [`NatsOptions::max_messages`], [`NatsOptions::max_bytes`]), oldest first, whether
-    /// or not groups acknowledged it: the stream is a log that groups created later could
-    /// replay with their own consumers.
+    /// or not groups acknowledged it (the default): the stream is a log, and a group that
+    /// falls further behind than the limits loses what was trimmed.
     Limits,
+    /// Once every group that existed when it was published has acknowledged it; a message
+    /// published while the topic has no group is not kept. Beware: against nats-server
+    /// 2.9, `tests/restart.rs` run with this retention loses a few confirmed messages
+    /// (about twenty of seven hundred, none of them ever delivered) across a clean
+    /// restart, where the default loses none.
+    Interest,
 }
 
 /// How a [`NatsTransport`](crate::NatsTransport) behaves; every field has a default and a
@@ -42,9 +44,10 @@ pub struct NatsOptions {
     pub namespace: String,
     /// Where streams keep messages (default [`Storage::File`]).
     pub storage: Storage,
-    /// When streams drop messages (default [`Retention::Interest`]).
+    /// When streams drop messages (default [`Retention::Limits`]).
     pub retention: Retention,
-    /// The oldest message a stream keeps; zero keeps them regardless of age (default).
+    /// The oldest message a stream keeps; zero keeps them regardless of age (default seven
+    /// days).
     pub max_age: Duration,
     /// The most messages a stream keeps, the oldest dropped first; `None` for no limit.
     pub max_messages: Option<i64>,
@@ -91,8 +94,8 @@ impl Default for NatsOptions {
         Self {
             namespace: "cairn".to_owned(),
             storage: Storage::File,
-            retention: Retention::Interest,
-            max_age: Duration::ZERO,
+            retention: Retention::Limits,
+            max_age: Duration::from_secs(7 * 24 * 3_600),
             max_messages: None,
             max_bytes: None,
             duplicate_window: Duration::from_secs(120),

@@ -197,6 +197,12 @@ impl NatsTransport {
             })
     }
 
+    /// How many times the client has connected: 1, plus one per reconnection after a
+    /// dropped connection.
+    pub fn connections(&self) -> u64 {
+        *self.shared.reconnects.borrow()
+    }
+
     /// The name of the JetStream stream holding `topic`.
     pub fn stream_name(&self, topic: &str) -> String {
         names::stream(&self.shared.options.namespace, topic)
