@@ -67,13 +67,14 @@
 //! messages come back after `ack_wait`.
 //!
 //! **Durability.** What a `PubAck` confirmed is in the stream's file storage. It survives
-//! a clean server stop and restart (SIGTERM; `tests/restart.rs` checks it). The
-//! nats-server 2.9 on which this crate is tested writes messages to its files
-//! asynchronously after acknowledging them and syncs them to disk every two minutes, with
-//! no setting to do otherwise (newer servers have `sync_interval`): a server killed with
-//! SIGKILL may lose the last few milliseconds of acknowledged messages, and a machine
-//! that crashes up to the last two minutes. A replicated stream (R3 cluster) is the
-//! JetStream answer to both; this crate creates single-replica streams.
+//! a clean server stop and restart (SIGTERM; `tests/restart.rs` checks it with the server
+//! down for longer than a publish waits). Beyond that this crate promises nothing the
+//! server does not: nats-server 2.9, on which it is tested, syncs its files to disk only
+//! every two minutes and has no setting to sync sooner (`sync_interval` came with later
+//! servers), so a machine crash can lose up to two minutes of confirmed messages; a
+//! server killed with SIGKILL is not tested here and may lose what it had not yet written.
+//! A replicated stream (an R3 cluster) is JetStream's answer to both; this crate creates
+//! single-replica streams.
 //!
 //! **Sizes.** [`max_message_size`](cairn_bus::Publisher::max_message_size) is the server's
 //! `max_payload` (1 MiB by default) less [`HEADER_ROOM`] for the headers, capped by
