@@ -34,6 +34,8 @@ pub(crate) mod open;
 mod peers;
 mod probe;
 mod progress;
+#[cfg(feature = "nats")]
+mod raw_nats;
 mod report;
 mod stats;
 mod store;
