@@ -34,6 +34,12 @@ pub(crate) mod open;
 mod peers;
 mod probe;
 mod progress;
+#[cfg(feature = "amqp")]
+#[allow(
+    dead_code,
+    reason = "the RabbitMQ baseline of the bus workloads, for their --compare"
+)]
+mod raw_amqp;
 mod report;
 mod stats;
 mod store;
