@@ -20,7 +20,7 @@
 //! | group | a durable **quorum queue** `{namespace}.{topic}.{group}` bound to the exchange; it exists from the first subscription on and keeps every message published after that, consumer attached or not |
 //! | publish | persistent messages (`delivery-mode` 2) on a channel in **confirm mode**: [`Publisher::publish`] returns once the broker confirmed every message of the batch (pipelined, then awaited together); a `basic.nack` is an error ([`AmqpError::NotConfirmed`]); no confirm within `confirm_timeout` is [`TransportError::Timeout`] |
 //! | [`Delivery::ack`](cairn_bus::Delivery::ack) | `basic.ack` (manual acknowledgements) |
-//! | `nack(None)` | `basic.nack` with `requeue`: delivered again at once (a quorum queue of RabbitMQ 3.x puts it back ahead of messages never delivered) |
+//! | `nack(None)` | `basic.nack` with `requeue`: delivered again as soon as the broker gets to it (where it goes back in the queue is the broker's choice: other messages may come first) |
 //! | `nack(Some(delay))` | the message is republished (confirmed) to a **retry queue** of the group whose message TTL is the delay, then acknowledged; when the TTL expires the broker dead-letters it back into the group's queue. Delays are rounded up to a ladder of 92 steps (1 ms to ~27 h, each at most 25 % above the last), so a group has at most 92 retry queues, each deleted by the broker after 5 minutes unused. Other messages flow meanwhile |
 //! | attempt | 1 + the quorum queue's `x-delivery-count` (redeliveries after a nack or a lost consumer) + the deliveries before the last retry wait (header `cairn.attempts`) |
 //! | prefetch | `basic.qos` per consumer: the broker sends at most `prefetch` unacknowledged deliveries (capped at 65,535) |
