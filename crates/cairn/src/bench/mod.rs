@@ -36,6 +36,12 @@ mod probe;
 mod progress;
 #[cfg(feature = "nats")]
 mod raw_nats;
+#[cfg(feature = "amqp")]
+#[allow(
+    dead_code,
+    reason = "the RabbitMQ baseline of the bus workloads, for their --compare"
+)]
+mod raw_amqp;
 mod report;
 mod stats;
 mod store;
