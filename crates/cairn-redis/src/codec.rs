@@ -1,5 +1,5 @@
 //! How a [`Message`] is written as the fields of a stream entry and read back, and
-//! [`EntryId`], a stream entry's id.
+//! `EntryId`, a stream entry's id.
 //!
 //! One entry per message, its fields in this order:
 //!
