@@ -34,6 +34,8 @@ pub(crate) mod open;
 mod peers;
 mod probe;
 mod progress;
+#[cfg(feature = "redis")]
+mod raw_redis;
 mod report;
 mod stats;
 mod store;
