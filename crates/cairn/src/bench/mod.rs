@@ -42,6 +42,8 @@ mod raw_nats;
     reason = "the RabbitMQ baseline of the bus workloads, for their --compare"
 )]
 mod raw_amqp;
+#[cfg(feature = "redis")]
+mod raw_redis;
 mod report;
 mod stats;
 mod store;

@@ -1,0 +1,92 @@
+//! Redis Streams as a transport for Cairn's message bus: [`RedisTransport`] implements
+//! [`Publisher`](cairn_bus::Publisher) and [`Subscriber`](cairn_bus::Subscriber) over the
+//! `redis` client, and passes `cairn-conformance`'s transport suite against a real server.
+//!
+//! # The mapping
+//!
+//! | Cairn | Redis |
+//! |---|---|
+//! | topic `t` | the stream `<prefix>:t` ([`RedisOptions::prefix`]), one entry per message |
+//! | message fields | entry fields `id`, `type`, `source`, `key` (when set), `content-type`, `h:<header>` per header, `payload` (see [`codec`]) |
+//! | publish | one `XADD` per message, the batch in one `MULTI`/`EXEC` round trip |
+//! | group | a consumer group, created at the group's first subscription (`XGROUP CREATE ... $ MKSTREAM`): it gets what is published from then on |
+//! | subscription | a consumer of the group (a fresh name each time) reading with `XREADGROUP ... >` |
+//! | prefetch | the subscription's slots: each read asks for `COUNT` = free slots, and a delivery holds its slot until answered |
+//! | ack | `XACK` |
+//! | nack | the entry stays pending; it is claimed again (`XCLAIM`, which counts a delivery) and handed out again, at once or when the delay is up |
+//! | attempt | the entry's delivery count (`XPENDING`), 1 for a first read |
+//! | a dead consumer | its pending entries, idle longer than [`RedisOptions::claim_idle`], are taken over by another consumer of the group (`XAUTOCLAIM`) |
+//! | lag | `lag` + `pending` of the group in `XINFO GROUPS` |
+//!
+//! A live subscription refreshes the idle time of every entry it holds (`XCLAIM ...
+//! JUSTID` on the entries it still owns) three times per `claim_idle`, so a slow handler
+//! keeps its message; only a consumer that stopped (its process died, its stream was
+//! dropped) loses its entries to the others. A delivery handed out before its
+//! subscription's connection dropped is handed out again after the reconnect, as the next
+//! attempt; answering the old one then returns an error carrying [`StaleDelivery`] and
+//! changes nothing.
+//!
+//! # Limits, honestly
+//!
+//! - **Durability** is the server's: `publish` returns once the server has executed the
+//!   `XADD`s. With `appendonly yes` and `appendfsync always` they are on disk by then;
+//!   with the defaults (`everysec`, or no persistence at all) a crash of the server loses
+//!   what it had not written. There is no replication wait (`WAIT`).
+//! - **No de-duplication on publish**: Redis has no message-id de-duplication, so a
+//!   publish retried after an error whose outcome is unknown may store the message twice
+//!   (same message id). The inbox (`cairn_bus::dedup`) makes the duplicate harmless.
+//! - **Nack delays live in the subscription**: an entry nacked with a delay stays pending
+//!   under its consumer, which holds it back until it is due. If that consumer dies
+//!   meanwhile, another takes the entry over after `claim_idle`, which may be before the
+//!   delay is up.
+//! - **Order**: one consumer sees each topic's entries in publish order, except that
+//!   redeliveries (after a nack, a reconnect or a reclaim) come when they come, after
+//!   newer entries. Per-key order therefore holds only as long as nothing is redelivered,
+//!   as with the in-memory broker.
+//! - **Dead letters** are not the broker's: the router's dead-letter middleware parks
+//!   messages; Redis only counts deliveries.
+//! - **Stopping**: a subscription whose stream is dropped while a read is on its way may
+//!   leave the entries of that read pending under its name; they go to another consumer
+//!   after `claim_idle`, as the next attempt. Entries it handed out and that are still
+//!   held stay answerable, but are no longer refreshed, so another consumer may take them
+//!   over after `claim_idle`.
+//! - **Retention**: each subscription trims its stream every
+//!   [`RedisOptions::tidy_interval`] of the entries that every group has acknowledged
+//!   (below each group's oldest pending or last delivered entry, `XTRIM MINID`), and
+//!   removes consumers idle for [`RedisOptions::consumer_idle_limit`] with nothing
+//!   pending. A topic nobody subscribes to is never trimmed; [`RedisOptions::max_len`]
+//!   caps every stream on `XADD` (`MAXLEN ~`) for that case, at the price of dropping
+//!   entries a slow group has not read. Entries trimmed while pending are lost (logged).
+//! - **A group that disappears** while subscribed (a server restarted without
+//!   persistence, say) is created again, from the start of the stream as it then is.
+//! - **Cluster** is not supported: the client connects to one server.
+//!
+//! # Connections and errors
+//!
+//! [`RedisTransport::connect`] checks that the server answers and accepts the
+//! credentials: an unreachable server is [`TransportError::Unreachable`] naming the
+//! endpoint (the URL with its password replaced by `***`, see [`redact`]), wrong
+//! credentials or missing permissions are [`TransportError::Refused`]. Afterwards the
+//! shared connection reconnects by itself on the next command, and each subscription
+//! reconnects its reading connection with backoff, reporting each failed attempt as an
+//! error item on its stream and carrying on.
+//!
+//! # Feature flags
+//!
+//! | feature | what it adds |
+//! |---|---|
+//! | `tls` | `rediss://` URLs, through rustls; the application installs a rustls crypto provider before connecting |
+//!
+//! [`TransportError::Unreachable`]: cairn_bus::TransportError::Unreachable
+//! [`TransportError::Refused`]: cairn_bus::TransportError::Refused
+
+pub mod codec;
+mod error;
+mod options;
+mod scripts;
+mod subscription;
+mod transport;
+
+pub use error::{StaleDelivery, redact};
+pub use options::{DEFAULT_CLAIM_IDLE, DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_PREFIX, RedisOptions};
+pub use transport::RedisTransport;

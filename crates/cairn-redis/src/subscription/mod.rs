@@ -1,0 +1,314 @@
+//! One subscription: a consumer of a group, with two tasks of its own and the state they
+//! share with the deliveries it hands out.
+//!
+//! - The **reader** ([`reader`]) owns a connection of its own for `XREADGROUP ... BLOCK`
+//!   (a blocking read holds its connection, so nothing else may wait behind it). It reads
+//!   new entries while the subscription has free slots, and when its connection drops it
+//!   connects again and hands out again everything the subscription had handed out
+//!   before the break.
+//! - The **keeper** ([`keeper`]) works on the transport's shared connection: it redelivers
+//!   nacked entries (at once, or when their delay is up), refreshes the idle time of every
+//!   entry the subscription holds so that no other consumer reclaims them, reclaims the
+//!   entries of dead consumers (`XAUTOCLAIM`), and tidies the stream now and then.
+//!
+//! **Architecture Invariant:** an entry id is in [`State::outstanding`] exactly while it
+//! takes one of the subscription's `prefetch` slots: from the read, claim or redelivery
+//! that handed it out until its ack succeeds, its nack with a delay, or its redelivery
+//! finds it gone. Entries waiting out a nack delay live in the keeper only and take no
+//! slot.
+
+mod claims;
+pub(crate) mod keeper;
+pub(crate) mod reader;
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use cairn_bus::{Acknowledge, Delivery, TransportError};
+use futures::Stream;
+use futures::future::BoxFuture;
+use redis::Value;
+use redis::aio::ConnectionManager;
+use tokio::sync::{Semaphore, mpsc};
+use tokio::time::Instant;
+use tokio_util::sync::DropGuard;
+
+use crate::codec::{Entry, EntryId, read_entry};
+use crate::error;
+use crate::options::RedisOptions;
+
+/// Where a subscription's deliveries go, each with its epoch: read by its
+/// [`Subscription`] stream, written by its two tasks (the channel closes when both have
+/// ended).
+pub(crate) type Outbox = mpsc::UnboundedSender<Result<(u64, Delivery), TransportError>>;
+
+/// What answers and the reader ask of the keeper.
+#[derive(Debug)]
+pub(crate) enum Command {
+    /// Claim these entries again and hand them out (they keep their slots).
+    Redeliver(Vec<EntryId>),
+    /// Redeliver this entry when the instant comes (it gave its slot back); the keeper
+    /// then moves it to [`Shared::due`] for the reader.
+    Delay(EntryId, Instant),
+}
+
+/// Where one outstanding entry stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Held {
+    /// Handed out in the given epoch, not yet answered.
+    Handed {
+        /// The epoch of the delivery: answers from older epochs are stale.
+        epoch: u64,
+    },
+    /// Its ack is on its way to the server.
+    Acking,
+    /// Waiting for the keeper to claim it again and hand it out.
+    Redelivering,
+}
+
+/// The state the tasks and the answers share, behind [`Shared::state`].
+#[derive(Debug, Default)]
+pub(crate) struct State {
+    /// Bumped by the reader each time its connection was made anew; deliveries of older
+    /// epochs are stale.
+    pub(crate) epoch: u64,
+    /// Every entry taking a slot, and where it stands.
+    pub(crate) outstanding: HashMap<EntryId, Held>,
+}
+
+/// What a subscription's tasks and deliveries share.
+pub(crate) struct Shared {
+    pub(crate) topic: Arc<str>,
+    /// The stream key.
+    pub(crate) key: String,
+    pub(crate) group: String,
+    /// This subscription's consumer name in the group (unique per subscription).
+    pub(crate) consumer: String,
+    /// The redacted URL, for errors.
+    pub(crate) endpoint: Arc<str>,
+    pub(crate) options: Arc<RedisOptions>,
+    /// The transport's shared, self-reconnecting connection.
+    pub(crate) connection: ConnectionManager,
+    /// Locked briefly by answers, the reader and the keeper; never held across an await.
+    pub(crate) state: Mutex<State>,
+    /// `prefetch` slots: taken by the reader and the keeper before they hand out an entry,
+    /// given back when an entry leaves [`State::outstanding`].
+    pub(crate) slots: Semaphore,
+    /// To the keeper; sent to by answers and the reader.
+    pub(crate) keeper: mpsc::UnboundedSender<Command>,
+    /// Entries whose nack delay is up, waiting for a free slot: pushed by the keeper,
+    /// taken by the reader (the one task that takes free slots).
+    pub(crate) due: Mutex<Vec<EntryId>>,
+    /// [`State::epoch`], readable without the lock: the stream drops deliveries of older
+    /// epochs still queued when the connection dropped.
+    pub(crate) epoch: AtomicU64,
+}
+
+impl Shared {
+    pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub(crate) fn map_error(&self, operation: &str, error: redis::RedisError) -> TransportError {
+        error::map(
+            operation,
+            &self.endpoint,
+            self.options.response_timeout,
+            error,
+        )
+    }
+
+    /// Hands `entry` out as delivery number `attempt`, in `epoch`.
+    pub(crate) fn deliver(
+        self: &Arc<Self>,
+        outbox: &Outbox,
+        entry: Entry,
+        attempt: u32,
+        epoch: u64,
+    ) {
+        let answer = Answer {
+            shared: Arc::clone(self),
+            id: entry.id,
+            epoch,
+            answered: false,
+        };
+        let delivery = Delivery::new(
+            Arc::clone(&self.topic),
+            entry.message,
+            attempt,
+            Box::new(answer),
+        );
+        // When the stream is gone the delivery is dropped here, which nacks it.
+        let _ = outbox.send(Ok((epoch, delivery)));
+    }
+
+    /// Frees `count` slots.
+    pub(crate) fn free_slots(&self, count: usize) {
+        if count > 0 {
+            self.slots.add_permits(count);
+        }
+    }
+
+    /// After the reader's connection was made anew: every delivery handed out before is
+    /// stale, and its entry is handed out again (as the next attempt).
+    pub(crate) fn resync(&self) {
+        let ids: Vec<EntryId> = {
+            let mut state = self.lock();
+            state.epoch += 1;
+            self.epoch.store(state.epoch, Ordering::Release);
+            state
+                .outstanding
+                .iter_mut()
+                .filter(|(_, held)| matches!(held, Held::Handed { .. }))
+                .map(|(id, held)| {
+                    *held = Held::Redelivering;
+                    *id
+                })
+                .collect()
+        };
+        if !ids.is_empty() {
+            let _ = self.keeper.send(Command::Redeliver(ids));
+        }
+    }
+
+    async fn ack(self: Arc<Self>, id: EntryId, epoch: u64) -> Result<(), TransportError> {
+        {
+            let mut state = self.lock();
+            match state.outstanding.get_mut(&id) {
+                Some(held @ Held::Handed { .. }) if *held == (Held::Handed { epoch }) => {
+                    *held = Held::Acking;
+                }
+                _ => return Err(error::stale("ack")),
+            }
+        }
+        let mut connection = self.connection.clone();
+        let acked = redis::cmd("XACK")
+            .arg(&self.key)
+            .arg(&self.group)
+            .arg(id)
+            .query_async::<i64>(&mut connection)
+            .await;
+        match acked {
+            Ok(_) => {
+                let removed = self.lock().outstanding.remove(&id).is_some();
+                self.free_slots(usize::from(removed));
+                Ok(())
+            }
+            Err(cause) => {
+                // Not recorded: the message comes back, as the contract allows.
+                if let Some(held) = self.lock().outstanding.get_mut(&id) {
+                    *held = Held::Redelivering;
+                }
+                let _ = self.keeper.send(Command::Redeliver(vec![id]));
+                Err(self.map_error("ack", cause))
+            }
+        }
+    }
+
+    fn nack(&self, id: EntryId, epoch: u64, delay: Option<Duration>) -> Result<(), TransportError> {
+        let mut state = self.lock();
+        match state.outstanding.get_mut(&id) {
+            Some(held) if *held == (Held::Handed { epoch }) => match delay {
+                Some(delay) if !delay.is_zero() => {
+                    state.outstanding.remove(&id);
+                    drop(state);
+                    self.free_slots(1);
+                    let _ = self.keeper.send(Command::Delay(id, Instant::now() + delay));
+                }
+                _ => {
+                    *held = Held::Redelivering;
+                    drop(state);
+                    let _ = self.keeper.send(Command::Redeliver(vec![id]));
+                }
+            },
+            _ => return Err(error::stale("nack")),
+        }
+        Ok(())
+    }
+}
+
+/// Reads the reply of the `CLAIM` and `RECLAIM` scripts' entry lists: `{id, fields,
+/// delivery count}` each.
+pub(crate) fn read_claimed(value: Value) -> Vec<(Entry, u32)> {
+    let Value::Array(items) = value else {
+        return Vec::new();
+    };
+    items
+        .into_iter()
+        .filter_map(|item| {
+            let Value::Array(mut parts) = item else {
+                return None;
+            };
+            let count = match parts.pop()? {
+                Value::Int(n) => u32::try_from(n).unwrap_or(u32::MAX),
+                _ => 1,
+            };
+            Some((read_entry(Value::Array(parts))?, count.max(1)))
+        })
+        .collect()
+}
+
+/// The answer of one delivery.
+struct Answer {
+    shared: Arc<Shared>,
+    id: EntryId,
+    epoch: u64,
+    /// Set once `ack` or `nack` took it, so that dropping it does not nack.
+    answered: bool,
+}
+
+impl Acknowledge for Answer {
+    fn ack(mut self: Box<Self>) -> BoxFuture<'static, Result<(), TransportError>> {
+        self.answered = true;
+        Box::pin(Arc::clone(&self.shared).ack(self.id, self.epoch))
+    }
+
+    fn nack(
+        mut self: Box<Self>,
+        delay: Option<Duration>,
+    ) -> BoxFuture<'static, Result<(), TransportError>> {
+        self.answered = true;
+        let result = self.shared.nack(self.id, self.epoch, delay);
+        Box::pin(std::future::ready(result))
+    }
+}
+
+impl Drop for Answer {
+    fn drop(&mut self) {
+        if !self.answered {
+            // Dropped unanswered: a nack without delay. A stale one changes nothing.
+            let _ = self.shared.nack(self.id, self.epoch, None);
+        }
+    }
+}
+
+/// The stream behind a subscription's [`Deliveries`](cairn_bus::Deliveries). Dropping it
+/// stops the subscription's tasks.
+pub(crate) struct Subscription {
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) deliveries: mpsc::UnboundedReceiver<Result<(u64, Delivery), TransportError>>,
+    pub(crate) _stop: DropGuard,
+}
+
+impl Stream for Subscription {
+    type Item = Result<Delivery, TransportError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        loop {
+            match self.deliveries.poll_recv(cx) {
+                Poll::Ready(Some(Ok((epoch, delivery)))) => {
+                    // Queued before the connection dropped: its entry is handed out again,
+                    // so this one is dropped (a stale nack, which changes nothing).
+                    if epoch == self.shared.epoch.load(Ordering::Acquire) {
+                        return Poll::Ready(Some(Ok(delivery)));
+                    }
+                }
+                other => return other.map(|item| item.map(|result| result.map(|(_, d)| d))),
+            }
+        }
+    }
+}
