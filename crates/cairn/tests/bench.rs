@@ -474,3 +474,25 @@ fn the_bus_suite_runs_the_transport_alone_and_through_the_router() {
         "the bus suite writes nothing to disk"
     );
 }
+
+#[test]
+fn the_bus_suite_runs_a_broker_beside_its_own_client() {
+    let dir = TempPath::new("bus-redis");
+    let mut args = vec!["bus", "--transport", "redis"];
+    args.extend(TINY);
+    let report = report(&bench(dir.path(), &args));
+    for name in ["redis-raw", "redis-router"] {
+        let row = workload(&report, name);
+        assert!(row["events"].as_u64().unwrap() > 0, "{row}");
+    }
+    assert_eq!(
+        workload(&report, "redis-router")["target"]["goal"],
+        ">= 0.8 x redis-raw"
+    );
+    assert!(
+        workload(&report, "redis-raw")["detail"]
+            .as_str()
+            .unwrap()
+            .contains("127.0.0.1:6379")
+    );
+}

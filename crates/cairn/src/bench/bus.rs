@@ -1,10 +1,17 @@
-//! The `bus` workloads: messages through `cairn-bus` over the in-memory transport.
+//! The `bus` workloads: messages through `cairn-bus`.
+//!
+//! Over the in-memory transport (`--transport memory`, the default):
 //!
 //! - `bus-raw`: the transport alone: a producer publishes batches of messages while one
 //!   consumer takes each delivery and acknowledges it. The baseline of the run.
 //! - `bus-router`: the same traffic through a [`Consumer`] running the router behind the
 //!   metrics, ordered-concurrency (256 in flight, 1,024 keys), inbox de-duplication and
 //!   retry middleware; the handler decodes nothing and counts.
+//!
+//! Over a broker (`--transport nats|amqp|redis`), `<broker>-raw` is the broker's own client
+//! library publishing with confirms and consuming with acks (the `raw_<broker>` modules),
+//! and `<broker>-router` the same traffic through Cairn's transport for that broker and
+//! the same consumer, router and middleware as `bus-router`.
 //!
 //! Latencies are publish → handled, sampled on one message in 64.
 
@@ -54,9 +61,10 @@ fn published_at(epoch: Instant, message: &Message) -> Option<Instant> {
     Some(epoch + Duration::from_nanos(u64::from_le_bytes(nanos)))
 }
 
-/// Publishes up to `count` messages in batches until `stop` is cancelled.
-async fn produce(
-    broker: MemoryBroker,
+/// Publishes up to `count` messages to `topic` in batches until `stop` is cancelled.
+async fn produce<P: Publisher>(
+    broker: Arc<P>,
+    topic: String,
     count: u64,
     size: usize,
     epoch: Instant,
@@ -76,7 +84,7 @@ async fn produce(
         tokio::select! {
             biased;
             () = stop.cancelled() => break,
-            done = broker.publish(TOPIC, messages) => done.context("publishing to the memory broker")?,
+            done = broker.publish(&topic, messages) => done.context("publishing")?,
         }
         published += batch as u64;
     }
@@ -166,7 +174,14 @@ pub(crate) async fn raw(
     let stop = CancellationToken::new();
     let recorder = Recorder::new(epoch);
     let start = counter.load(Ordering::Relaxed);
-    let producer = tokio::spawn(produce(broker.clone(), count, size, epoch, stop.clone()));
+    let producer = tokio::spawn(produce(
+        Arc::new(broker.clone()),
+        TOPIC.to_owned(),
+        count,
+        size,
+        epoch,
+        stop.clone(),
+    ));
     let consumer = {
         let (stop, recorder, counter) = (stop.clone(), recorder.clone(), Arc::clone(counter));
         tokio::spawn(async move {
@@ -198,12 +213,30 @@ pub(crate) async fn router(
     size: usize,
     counter: &Arc<AtomicU64>,
 ) -> anyhow::Result<Measured> {
-    let broker = broker();
-    let spec = SubscriptionSpec::new(TOPIC, GROUP).prefetch(IN_FLIGHT);
-    let deliveries = broker
-        .subscribe(&spec)
-        .await
-        .context("subscribing to the memory broker")?;
+    router_over(
+        Arc::new(broker()),
+        TOPIC,
+        GROUP,
+        duration,
+        count,
+        size,
+        counter,
+    )
+    .await
+}
+
+/// The router workload over any transport, on `topic` as `group`.
+pub(crate) async fn router_over<T: Publisher + Subscriber>(
+    transport: Arc<T>,
+    topic: &str,
+    group: &str,
+    duration: Duration,
+    count: u64,
+    size: usize,
+    counter: &Arc<AtomicU64>,
+) -> anyhow::Result<Measured> {
+    let spec = SubscriptionSpec::new(topic, group).prefetch(IN_FLIGHT);
+    let deliveries = transport.subscribe(&spec).await.context("subscribing")?;
     let epoch = Instant::now();
     let stop = CancellationToken::new();
     let recorder = Recorder::new(epoch);
@@ -228,7 +261,14 @@ pub(crate) async fn router(
         max_in_flight: IN_FLIGHT,
         ..ConsumerOptions::default()
     };
-    let producer = tokio::spawn(produce(broker.clone(), count, size, epoch, stop.clone()));
+    let producer = tokio::spawn(produce(
+        Arc::clone(&transport),
+        topic.to_owned(),
+        count,
+        size,
+        epoch,
+        stop.clone(),
+    ));
     let consumer = tokio::spawn(
         Consumer::new(service)
             .options(options)
@@ -245,4 +285,178 @@ pub(crate) async fn router(
         snapshot.failed.max(summary.failed)
     );
     Ok(recorder.finish(seconds))
+}
+
+/// The transports `--transport` can name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum TransportKind {
+    /// The in-memory broker of `cairn-bus`.
+    Memory,
+    /// NATS JetStream (`cairn-nats`; a build with the `nats` feature).
+    Nats,
+    /// RabbitMQ (`cairn-amqp`; a build with the `amqp` feature).
+    Amqp,
+    /// Redis Streams (`cairn-redis`; a build with the `redis` feature).
+    Redis,
+}
+
+impl TransportKind {
+    /// The names of the two rows: the baseline and the router.
+    pub(crate) fn rows(self) -> (&'static str, &'static str) {
+        match self {
+            Self::Memory => ("bus-raw", "bus-router"),
+            Self::Nats => ("nats-raw", "nats-router"),
+            Self::Amqp => ("amqp-raw", "amqp-router"),
+            Self::Redis => ("redis-raw", "redis-router"),
+        }
+    }
+
+    /// The broker's URL on this machine, unless `--broker-url` names another.
+    pub(crate) fn default_url(self) -> &'static str {
+        match self {
+            Self::Memory => "",
+            Self::Nats => "nats://127.0.0.1:4222",
+            Self::Amqp => "amqp://guest:guest@127.0.0.1:5672/%2f",
+            Self::Redis => "redis://127.0.0.1:6379",
+        }
+    }
+}
+
+/// The baseline row: the in-memory transport alone, or the broker's own client.
+pub(crate) async fn baseline(
+    kind: TransportKind,
+    url: &str,
+    duration: Duration,
+    count: u64,
+    size: usize,
+    counter: &Arc<AtomicU64>,
+) -> anyhow::Result<Measured> {
+    let _ = url;
+    match kind {
+        TransportKind::Memory => raw(duration, count, size, counter).await,
+        #[cfg(feature = "nats")]
+        TransportKind::Nats => super::raw_nats::raw(url, duration, count, size, counter).await,
+        #[cfg(feature = "amqp")]
+        TransportKind::Amqp => super::raw_amqp::raw(url, duration, count, size, counter).await,
+        #[cfg(feature = "redis")]
+        TransportKind::Redis => super::raw_redis::raw(url, duration, count, size, counter).await,
+        #[allow(
+            unreachable_patterns,
+            reason = "reached in builds without a broker feature"
+        )]
+        other => Err(missing_feature(other)),
+    }
+}
+
+/// The router row: Cairn's transport through the consumer, router and middleware.
+pub(crate) async fn routed(
+    kind: TransportKind,
+    url: &str,
+    duration: Duration,
+    count: u64,
+    size: usize,
+    counter: &Arc<AtomicU64>,
+) -> anyhow::Result<Measured> {
+    let _ = url;
+    let run = uuid::Uuid::now_v7().simple().to_string();
+    let topic = format!("bench-{}", run.get(20..).unwrap_or("run"));
+    let _ = &topic;
+    match kind {
+        TransportKind::Memory => router(duration, count, size, counter).await,
+        #[cfg(feature = "nats")]
+        TransportKind::Nats => {
+            let transport = Arc::new(
+                cairn_nats::NatsTransport::connect(url)
+                    .await
+                    .context("connecting to NATS")?,
+            );
+            let measured = router_over(
+                Arc::clone(&transport),
+                &topic,
+                GROUP,
+                duration,
+                count,
+                size,
+                counter,
+            )
+            .await;
+            let deleted = transport.delete_topic(&topic).await;
+            let measured = measured?;
+            deleted.context("deleting the bench's JetStream stream")?;
+            Ok(measured)
+        }
+        #[cfg(feature = "amqp")]
+        TransportKind::Amqp => {
+            let transport = Arc::new(
+                cairn_amqp::AmqpTransport::connect(url)
+                    .await
+                    .context("connecting to RabbitMQ")?,
+            );
+            let measured = router_over(
+                Arc::clone(&transport),
+                &topic,
+                GROUP,
+                duration,
+                count,
+                size,
+                counter,
+            )
+            .await;
+            let group = transport.delete_group(&topic, GROUP).await;
+            let exchange = transport.delete_topic(&topic).await;
+            transport.close().await;
+            let measured = measured?;
+            group.context("deleting the bench's queue")?;
+            exchange.context("deleting the bench's exchange")?;
+            Ok(measured)
+        }
+        #[cfg(feature = "redis")]
+        TransportKind::Redis => {
+            let options = cairn_redis::RedisOptions::default().prefix(format!("cairn-bench-{run}"));
+            let transport = Arc::new(
+                cairn_redis::RedisTransport::connect_with(url, options)
+                    .await
+                    .context("connecting to Redis")?,
+            );
+            let measured = router_over(
+                Arc::clone(&transport),
+                &topic,
+                GROUP,
+                duration,
+                count,
+                size,
+                counter,
+            )
+            .await;
+            let key = transport.stream_key(&topic);
+            transport.close().await;
+            let client = redis::Client::open(url).context("the Redis URL")?;
+            let mut connection = client
+                .get_multiplexed_async_connection()
+                .await
+                .context("connecting to Redis to clean up")?;
+            let deleted: redis::RedisResult<u64> = redis::cmd("DEL")
+                .arg(&key)
+                .query_async(&mut connection)
+                .await;
+            let measured = measured?;
+            deleted.context("deleting the bench's stream")?;
+            Ok(measured)
+        }
+        #[allow(
+            unreachable_patterns,
+            reason = "reached in builds without a broker feature"
+        )]
+        other => Err(missing_feature(other)),
+    }
+}
+
+fn missing_feature(kind: TransportKind) -> anyhow::Error {
+    let feature = match kind {
+        TransportKind::Memory => "",
+        TransportKind::Nats => "nats",
+        TransportKind::Amqp => "amqp",
+        TransportKind::Redis => "redis",
+    };
+    anyhow::anyhow!("this build has no {kind:?} transport; build cairn with `--features {feature}`")
 }

@@ -32,10 +32,6 @@ const SAMPLE_EVERY: u64 = 64;
 /// Publishes and consumes `size`-byte messages through JetStream with the client library
 /// directly, for up to `duration` or `count` messages, counting consumed messages in
 /// `counter`.
-#[cfg_attr(
-    not(test),
-    allow(dead_code, reason = "the bench's broker comparison calls it")
-)]
 pub(crate) async fn raw(
     url: &str,
     duration: Duration,

@@ -9,7 +9,6 @@
 //! The stream has a name of its own (`cairn-bench-<uuid>`) and is deleted afterwards.
 
 // Called by the bench's broker workloads when they are built with the `redis` feature.
-#![allow(dead_code)]
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -26,6 +26,8 @@ const EVENT_TYPE: &str = "BenchEvent";
 
 /// The streams the latency workload writes to (and its subscriber filters on).
 const LATENCY_PREFIX: &str = "bench-latency-";
+/// How many streams the latency workload appends to, round-robin.
+const LATENCY_STREAMS: u64 = 64;
 
 /// How long the latency workload waits for stragglers after its last append.
 const DELIVERY_GRACE: Duration = Duration::from_secs(10);
@@ -148,6 +150,8 @@ pub(crate) struct LatencyMeasured {
 /// started on schedule without waiting for earlier ones; a live `$all` subscriber measures
 /// from the start of each append to its delivery.
 ///
+/// The appends go round-robin to [`LATENCY_STREAMS`] streams.
+///
 /// The start time travels in the first 8 bytes of the payload (nanoseconds since the
 /// workload began), so no shared map sits between writer and subscriber.
 pub(crate) async fn latency<S: EventStore + Clone>(
@@ -195,7 +199,11 @@ pub(crate) async fn latency<S: EventStore + Clone>(
     });
 
     let template = payload(size.max(8));
-    let stream = StreamName::new(format!("{LATENCY_PREFIX}0"))?;
+    // Spread over streams, as events from many aggregates are: a store that orders
+    // appends per stream (PostgreSQL's per-stream lock) is not measured on one stream.
+    let streams = (0..LATENCY_STREAMS)
+        .map(|n| StreamName::new(format!("{LATENCY_PREFIX}{n}")))
+        .collect::<Result<Vec<_>, _>>()?;
     let mut appends = JoinSet::new();
     let mut sent = 0u64;
     let tick = Duration::from_millis(1);
@@ -208,7 +216,7 @@ pub(crate) async fn latency<S: EventStore + Clone>(
                 head.copy_from_slice(&stamp.to_le_bytes());
             }
             let store = store.clone();
-            let stream = stream.clone();
+            let stream = streams[(sent % LATENCY_STREAMS) as usize].clone();
             appends.spawn(async move {
                 store
                     .append(
