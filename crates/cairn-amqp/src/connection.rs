@@ -417,8 +417,18 @@ impl Shared {
                 )
                 .await?;
             Ok::<_, lapin::Error>((channel, consumer))
-        }
-        .await;
+        };
+        // A broker that is stopping may leave these requests unanswered on a connection
+        // it has not closed yet: give up after the confirm timeout and take a fresh
+        // connection next time, instead of waiting on the old one for good.
+        let after = self.options.confirm_timeout;
+        let Ok(opened) = tokio::time::timeout(after, opened).await else {
+            live.mark_broken();
+            return Err(TransportError::Timeout {
+                operation: format!("subscribing to queue {queue:?}"),
+                after,
+            });
+        };
         opened.map_err(|error| {
             if !live.connection.status().connected() {
                 live.mark_broken();

@@ -69,9 +69,14 @@ async fn run() {
         cleanup.group(unique("group")),
     )
     .prefetch(32);
-    let transport = AmqpTransport::connect_with(&url(broker_addr()), options())
-        .await
-        .expect("connecting to RabbitMQ");
+    // A short confirm timeout: a subscription whose reopening the stopping broker left
+    // unanswered gives up and tries again on a new connection within the test's patience.
+    let transport = AmqpTransport::connect_with(
+        &url(broker_addr()),
+        options().confirm_timeout(Duration::from_secs(5)),
+    )
+    .await
+    .expect("connecting to RabbitMQ");
     let mut deliveries = transport.subscribe(&spec).await.expect("subscribing");
 
     let confirmed = Arc::new(Mutex::new(HashSet::new()));
