@@ -12,7 +12,7 @@
 //! | group | a consumer group, created at the group's first subscription (`XGROUP CREATE ... $ MKSTREAM`): it gets what is published from then on |
 //! | subscription | a consumer of the group (a fresh name each time) reading with `XREADGROUP ... >` |
 //! | prefetch | the subscription's slots: each read asks for `COUNT` = free slots, and a delivery holds its slot until answered |
-//! | ack | `XACK` |
+//! | ack | `XACK`; acks that arrive while one is on its way go together in the next |
 //! | nack | the entry stays pending; it is claimed again (`XCLAIM`, which counts a delivery) and handed out again, at once or when the delay is up |
 //! | attempt | the entry's delivery count (`XPENDING`), 1 for a first read |
 //! | a dead consumer | its pending entries, idle longer than [`RedisOptions::claim_idle`], are taken over by another consumer of the group (`XAUTOCLAIM`) |

@@ -264,6 +264,7 @@ impl Subscriber for RedisTransport {
             keeper: keeper_tx,
             due: Mutex::new(Vec::new()),
             epoch: AtomicU64::new(0),
+            acks: Mutex::default(),
         });
         reader::create_group(&shared, &mut connection, "$")
             .await

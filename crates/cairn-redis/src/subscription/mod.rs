@@ -33,7 +33,7 @@ use futures::Stream;
 use futures::future::BoxFuture;
 use redis::Value;
 use redis::aio::ConnectionManager;
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::DropGuard;
 
@@ -106,6 +106,18 @@ pub(crate) struct Shared {
     /// [`State::epoch`], readable without the lock: the stream drops deliveries of older
     /// epochs still queued when the connection dropped.
     pub(crate) epoch: AtomicU64,
+    /// Acks waiting for the next `XACK`: pushed by answers, taken by the flush task.
+    pub(crate) acks: Mutex<AckQueue>,
+}
+
+/// Acks gathered into one `XACK` each round trip: while one `XACK` is on its way, the
+/// acks that arrive wait and go together in the next, so a busy consumer sends one
+/// command per round trip instead of one per message, and a quiet one sends at once.
+#[derive(Debug, Default)]
+pub(crate) struct AckQueue {
+    waiting: Vec<(EntryId, oneshot::Sender<Result<(), TransportError>>)>,
+    /// Whether a flush task is running; it takes `waiting` until it finds it empty.
+    flushing: bool,
 }
 
 impl Shared {
@@ -185,26 +197,70 @@ impl Shared {
                 _ => return Err(error::stale("ack")),
             }
         }
-        let mut connection = self.connection.clone();
-        let acked = redis::cmd("XACK")
-            .arg(&self.key)
-            .arg(&self.group)
-            .arg(id)
-            .query_async::<i64>(&mut connection)
-            .await;
-        match acked {
-            Ok(_) => {
-                let removed = self.lock().outstanding.remove(&id).is_some();
-                self.free_slots(usize::from(removed));
-                Ok(())
-            }
-            Err(cause) => {
-                // Not recorded: the message comes back, as the contract allows.
-                if let Some(held) = self.lock().outstanding.get_mut(&id) {
-                    *held = Held::Redelivering;
+        let (done, answer) = oneshot::channel();
+        let lead = {
+            let mut acks = self.acks.lock().unwrap_or_else(PoisonError::into_inner);
+            acks.waiting.push((id, done));
+            !std::mem::replace(&mut acks.flushing, true)
+        };
+        if lead {
+            // A task of its own, so that a caller dropping its future cannot strand the
+            // acks gathered behind it.
+            tokio::spawn(Arc::clone(&self).flush_acks());
+        }
+        answer.await.unwrap_or_else(|_| Err(error::stale("ack")))
+    }
+
+    /// Sends the waiting acks, one `XACK` per round, until none are left.
+    async fn flush_acks(self: Arc<Self>) {
+        loop {
+            let batch = {
+                let mut acks = self.acks.lock().unwrap_or_else(PoisonError::into_inner);
+                if acks.waiting.is_empty() {
+                    acks.flushing = false;
+                    return;
                 }
-                let _ = self.keeper.send(Command::Redeliver(vec![id]));
-                Err(self.map_error("ack", cause))
+                std::mem::take(&mut acks.waiting)
+            };
+            let mut connection = self.connection.clone();
+            let mut command = redis::cmd("XACK");
+            command.arg(&self.key).arg(&self.group);
+            for (id, _) in &batch {
+                command.arg(*id);
+            }
+            let acked = command.query_async::<i64>(&mut connection).await;
+            match acked {
+                Ok(_) => {
+                    let removed = {
+                        let mut state = self.lock();
+                        batch
+                            .iter()
+                            .filter(|(id, _)| state.outstanding.remove(id).is_some())
+                            .count()
+                    };
+                    self.free_slots(removed);
+                    for (_, done) in batch {
+                        let _ = done.send(Ok(()));
+                    }
+                }
+                Err(cause) => {
+                    // Not recorded: the messages come back, as the contract allows.
+                    let ids: Vec<EntryId> = {
+                        let mut state = self.lock();
+                        batch
+                            .iter()
+                            .filter_map(|(id, _)| {
+                                let held = state.outstanding.get_mut(id)?;
+                                *held = Held::Redelivering;
+                                Some(*id)
+                            })
+                            .collect()
+                    };
+                    let _ = self.keeper.send(Command::Redeliver(ids));
+                    for (_, done) in batch {
+                        let _ = done.send(Err(self.map_error("ack", cause.clone())));
+                    }
+                }
             }
         }
     }

@@ -42,6 +42,9 @@ const PUBLISH_BATCH: usize = 256;
 const KEYS: usize = 1_024;
 /// Calls in flight through the ordered-concurrency middleware.
 pub(crate) const IN_FLIGHT: usize = 256;
+/// The most messages the producer may publish beyond those handled, as a broker's flow
+/// control would allow (the raw Redis baseline keeps the same window).
+const WINDOW: u64 = 50_000;
 /// One message in this many has its latency recorded.
 const SAMPLE_EVERY: u64 = 64;
 const TOPIC: &str = "bench";
@@ -61,18 +64,25 @@ fn published_at(epoch: Instant, message: &Message) -> Option<Instant> {
     Some(epoch + Duration::from_nanos(u64::from_le_bytes(nanos)))
 }
 
-/// Publishes up to `count` messages to `topic` in batches until `stop` is cancelled.
+/// Publishes up to `count` messages to `topic` in batches until `stop` is cancelled,
+/// staying at most [`WINDOW`] messages ahead of `handled` (which counts from `start`).
 async fn produce<P: Publisher>(
     broker: Arc<P>,
     topic: String,
     count: u64,
     size: usize,
     epoch: Instant,
+    (handled, start): (Arc<AtomicU64>, u64),
     stop: CancellationToken,
 ) -> anyhow::Result<u64> {
     let keys: Vec<String> = (0..KEYS).map(|k| format!("key-{k}")).collect();
     let mut published = 0u64;
     while published < count && !stop.is_cancelled() {
+        let done = handled.load(Ordering::Relaxed).saturating_sub(start);
+        if published.saturating_sub(done) >= WINDOW {
+            tokio::time::sleep(Duration::from_micros(200)).await;
+            continue;
+        }
         let batch = (count - published).min(PUBLISH_BATCH as u64) as usize;
         let payload = payload(epoch, size);
         let messages = (0..batch)
@@ -180,6 +190,7 @@ pub(crate) async fn raw(
         count,
         size,
         epoch,
+        (Arc::clone(counter), start),
         stop.clone(),
     ));
     let consumer = {
@@ -267,6 +278,7 @@ pub(crate) async fn router_over<T: Publisher + Subscriber>(
         count,
         size,
         epoch,
+        (Arc::clone(counter), start),
         stop.clone(),
     ));
     let consumer = tokio::spawn(

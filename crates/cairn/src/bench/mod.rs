@@ -844,7 +844,8 @@ impl Bench<'_> {
             target: None,
             peers: Vec::new(),
             detail: Some(format!(
-                "{what}; one producer publishing batches of 256 on 1,024 keys, one consumer; \
+                "{what}; one producer publishing batches of 256 on 1,024 keys, at most 50,000 \
+                 ahead of one consumer; \
                  ev/s is messages/s, latencies are publish → handled"
             )),
         })
