@@ -95,116 +95,33 @@ async fn ordered_dead_letters_and_dedup_stack_in_one_consumer() {
 /// [`PgInbox`](cairn_bus::dedup::PgInbox) on a database of its own, created for the test
 /// and dropped after it.
 #[cfg(feature = "postgres")]
+#[path = "../../cairn-postgres/tests/support/mod.rs"]
+mod pg_support;
+
+#[cfg(feature = "postgres")]
 mod postgres {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     use cairn_bus::dedup::{DedupLayer, Inbox, InboxError, PgInbox};
     use cairn_bus::{HandlerError, Incoming, Message};
-    use cairn_postgres::sqlx::{self, Connection, PgConnection, PgPool};
     use tower::{Layer, Service, ServiceExt, service_fn};
     use uuid::Uuid;
 
-    /// The prefix of every test database's name, shared with `cairn-postgres`'s tests so
-    /// that either sweeps the other's leftovers.
-    const PREFIX: &str = "cairn_test_";
+    use crate::pg_support::TestDb;
 
-    /// The server, without a database: `CAIRN_TEST_POSTGRES`, or the local superuser.
-    fn server_url() -> String {
-        std::env::var("CAIRN_TEST_POSTGRES")
-            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".to_owned())
-    }
-
-    /// A database with Cairn's schema that exists for as long as this guard.
-    struct TestDb {
-        name: String,
-        pool: PgPool,
-    }
-
-    impl TestDb {
-        async fn create() -> Self {
-            let mut admin = PgConnection::connect(&format!("{}/postgres", server_url()))
-                .await
-                .expect("the test PostgreSQL server at 127.0.0.1:5432 is reachable");
-            sweep_stale(&mut admin).await;
-            let random = Uuid::now_v7().simple().to_string();
-            let name = format!("{PREFIX}{}_{}", std::process::id(), &random[20..]);
-            sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{name}\"")))
-                .execute(&mut admin)
-                .await
-                .expect("creating a test database");
-            let _ = admin.close().await;
-            let url = format!("{}/{name}", server_url());
-            let mut conn = PgConnection::connect(&url).await.expect("connecting");
-            cairn_postgres::schema::migrate(&mut conn)
-                .await
-                .expect("the schema applies to a fresh database");
-            let _ = conn.close().await;
-            let pool = PgPool::connect(&url)
-                .await
-                .expect("a pool on the test database");
-            Self { name, pool }
-        }
-    }
-
-    impl Drop for TestDb {
-        fn drop(&mut self) {
-            let name = std::mem::take(&mut self.name);
-            // Drop may run inside a runtime, which cannot block on a future: use a thread
-            // with a runtime of its own. The pool's connections belong to the test's
-            // runtime, blocked here: `WITH (FORCE)` ends them from the server's side.
-            let dropped = std::thread::spawn(move || {
-                let runtime = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .expect("a runtime to drop the test database");
-                runtime.block_on(async move {
-                    let mut admin = PgConnection::connect(&format!("{}/postgres", server_url()))
-                        .await
-                        .expect("connecting to drop the test database");
-                    let sql = format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)");
-                    sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
-                        .execute(&mut admin)
-                        .await
-                        .expect("dropping the test database");
-                });
-            })
-            .join();
-            if dropped.is_err() {
-                eprintln!("dropping a test database failed");
-            }
-        }
-    }
-
-    /// Drops test databases whose creating process no longer runs (a test killed before
-    /// its guard dropped).
-    async fn sweep_stale(admin: &mut PgConnection) {
-        let names: Vec<String> = sqlx::query_scalar(
-            "SELECT datname FROM pg_database WHERE datname LIKE 'cairn\\_test\\_%'",
-        )
-        .fetch_all(&mut *admin)
-        .await
-        .unwrap_or_default();
-        for name in names {
-            let pid = name
-                .strip_prefix(PREFIX)
-                .and_then(|rest| rest.split('_').next())
-                .and_then(|pid| pid.parse::<u32>().ok());
-            let Some(pid) = pid else { continue };
-            if std::path::Path::new(&format!("/proc/{pid}")).exists() {
-                continue;
-            }
-            let sql = format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)");
-            let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
-                .execute(&mut *admin)
-                .await;
-        }
+    /// A database of its own with Cairn's schema, and a store on it (whose pool the inbox
+    /// uses); both go when the test ends.
+    async fn database() -> (TestDb, cairn_postgres::PgStore) {
+        let db = TestDb::create().await;
+        let store = db.store().await;
+        (db, store)
     }
 
     #[tokio::test]
     async fn the_pg_inbox_records_each_id_once_per_consumer() {
-        let db = TestDb::create().await;
-        let inbox = PgInbox::new(db.pool.clone());
+        let (_db, store) = database().await;
+        let inbox = PgInbox::new(store.pool().clone());
         let id = Uuid::now_v7();
         assert!(!inbox.contains("billing", id).await.unwrap());
         assert!(inbox.record("billing", id).await.unwrap());
@@ -222,7 +139,7 @@ mod postgres {
 
     #[tokio::test]
     async fn dedup_over_the_pg_inbox_skips_duplicates_and_retries_failures() {
-        let db = TestDb::create().await;
+        let (_db, store) = database().await;
         let runs = Arc::new(AtomicUsize::new(0));
         let handler = {
             let runs = Arc::clone(&runs);
@@ -236,7 +153,7 @@ mod postgres {
                 }
             })
         };
-        let layer = DedupLayer::new("billing", PgInbox::new(db.pool.clone()));
+        let layer = DedupLayer::new("billing", PgInbox::new(store.pool().clone()));
         let mut service = layer.layer(handler);
         let message = Message::new("order.placed", "flaky");
         let incoming = Incoming::new("orders", message.clone());
@@ -244,7 +161,7 @@ mod postgres {
         let first = service.ready().await.unwrap().call(incoming.clone()).await;
         assert!(first.unwrap_err().is_retryable());
         assert!(
-            !PgInbox::new(db.pool.clone())
+            !PgInbox::new(store.pool().clone())
                 .contains("billing", message.id)
                 .await
                 .unwrap()
@@ -265,7 +182,7 @@ mod postgres {
         b.unwrap();
         assert_eq!(runs.load(Ordering::SeqCst), 2);
         assert!(
-            PgInbox::new(db.pool.clone())
+            PgInbox::new(store.pool().clone())
                 .contains("billing", message.id)
                 .await
                 .unwrap()
@@ -274,7 +191,7 @@ mod postgres {
 
     #[tokio::test]
     async fn dedup_over_the_pg_inbox_runs_concurrent_duplicates_once() {
-        let db = TestDb::create().await;
+        let (_db, store) = database().await;
         let runs = Arc::new(AtomicUsize::new(0));
         let handler = {
             let runs = Arc::clone(&runs);
@@ -287,7 +204,8 @@ mod postgres {
                 }
             })
         };
-        let mut service = DedupLayer::new("billing", PgInbox::new(db.pool.clone())).layer(handler);
+        let mut service =
+            DedupLayer::new("billing", PgInbox::new(store.pool().clone())).layer(handler);
         let incoming = Incoming::new("orders", Message::new("order.placed", "{}"));
         let mut tasks = Vec::new();
         for _ in 0..8 {

@@ -372,88 +372,62 @@ pub(crate) async fn routed(
     let _ = url;
     let run = uuid::Uuid::now_v7().simple().to_string();
     let topic = format!("bench-{}", run.get(20..).unwrap_or("run"));
-    let _ = &topic;
+    let name = topic.as_str();
+    let work = (name, duration, count, size, counter);
+    let _ = &work;
     match kind {
         TransportKind::Memory => router(duration, count, size, counter).await,
         #[cfg(feature = "nats")]
         TransportKind::Nats => {
-            let transport = Arc::new(
-                cairn_nats::NatsTransport::connect(url)
+            let transport = cairn_nats::NatsTransport::connect(url)
+                .await
+                .context("connecting to NATS")?;
+            routed_then_cleaned(transport, work, |transport| async move {
+                transport
+                    .delete_topic(name)
                     .await
-                    .context("connecting to NATS")?,
-            );
-            let measured = router_over(
-                Arc::clone(&transport),
-                &topic,
-                GROUP,
-                duration,
-                count,
-                size,
-                counter,
-            )
-            .await;
-            let deleted = transport.delete_topic(&topic).await;
-            let measured = measured?;
-            deleted.context("deleting the bench's JetStream stream")?;
-            Ok(measured)
+                    .context("deleting the bench's JetStream stream")?;
+                Ok(())
+            })
+            .await
         }
         #[cfg(feature = "amqp")]
         TransportKind::Amqp => {
-            let transport = Arc::new(
-                cairn_amqp::AmqpTransport::connect(url)
-                    .await
-                    .context("connecting to RabbitMQ")?,
-            );
-            let measured = router_over(
-                Arc::clone(&transport),
-                &topic,
-                GROUP,
-                duration,
-                count,
-                size,
-                counter,
-            )
-            .await;
-            let group = transport.delete_group(&topic, GROUP).await;
-            let exchange = transport.delete_topic(&topic).await;
-            transport.close().await;
-            let measured = measured?;
-            group.context("deleting the bench's queue")?;
-            exchange.context("deleting the bench's exchange")?;
-            Ok(measured)
+            let transport = cairn_amqp::AmqpTransport::connect(url)
+                .await
+                .context("connecting to RabbitMQ")?;
+            routed_then_cleaned(transport, work, |transport| async move {
+                let group = transport.delete_group(name, GROUP).await;
+                let exchange = transport.delete_topic(name).await;
+                transport.close().await;
+                group.context("deleting the bench's queue")?;
+                exchange.context("deleting the bench's exchange")?;
+                Ok(())
+            })
+            .await
         }
         #[cfg(feature = "redis")]
         TransportKind::Redis => {
             let options = cairn_redis::RedisOptions::default().prefix(format!("cairn-bench-{run}"));
-            let transport = Arc::new(
-                cairn_redis::RedisTransport::connect_with(url, options)
-                    .await
-                    .context("connecting to Redis")?,
-            );
-            let measured = router_over(
-                Arc::clone(&transport),
-                &topic,
-                GROUP,
-                duration,
-                count,
-                size,
-                counter,
-            )
-            .await;
-            let key = transport.stream_key(&topic);
-            transport.close().await;
-            let client = redis::Client::open(url).context("the Redis URL")?;
-            let mut connection = client
-                .get_multiplexed_async_connection()
+            let transport = cairn_redis::RedisTransport::connect_with(url, options)
                 .await
-                .context("connecting to Redis to clean up")?;
-            let deleted: redis::RedisResult<u64> = redis::cmd("DEL")
-                .arg(&key)
-                .query_async(&mut connection)
-                .await;
-            let measured = measured?;
-            deleted.context("deleting the bench's stream")?;
-            Ok(measured)
+                .context("connecting to Redis")?;
+            routed_then_cleaned(transport, work, |transport| async move {
+                let key = transport.stream_key(name);
+                transport.close().await;
+                let client = redis::Client::open(url).context("the Redis URL")?;
+                let mut connection = client
+                    .get_multiplexed_async_connection()
+                    .await
+                    .context("connecting to Redis to clean up")?;
+                redis::cmd("DEL")
+                    .arg(&key)
+                    .query_async::<u64>(&mut connection)
+                    .await
+                    .context("deleting the bench's stream")?;
+                Ok(())
+            })
+            .await
         }
         #[allow(
             unreachable_patterns,
@@ -461,6 +435,36 @@ pub(crate) async fn routed(
         )]
         other => Err(missing_feature(other)),
     }
+}
+
+/// The router workload on `transport` (topic, duration, count, size, counter as in
+/// `work`), then `clean` removes what it created, whether or not the workload succeeded.
+#[cfg(any(feature = "nats", feature = "amqp", feature = "redis"))]
+async fn routed_then_cleaned<T, C, F>(
+    transport: T,
+    (topic, duration, count, size, counter): (&str, Duration, u64, usize, &Arc<AtomicU64>),
+    clean: C,
+) -> anyhow::Result<Measured>
+where
+    T: Publisher + Subscriber,
+    C: FnOnce(Arc<T>) -> F,
+    F: std::future::Future<Output = anyhow::Result<()>>,
+{
+    let transport = Arc::new(transport);
+    let measured = router_over(
+        Arc::clone(&transport),
+        topic,
+        GROUP,
+        duration,
+        count,
+        size,
+        counter,
+    )
+    .await;
+    let cleaned = clean(transport).await;
+    let measured = measured?;
+    cleaned?;
+    Ok(measured)
 }
 
 fn missing_feature(kind: TransportKind) -> anyhow::Error {
