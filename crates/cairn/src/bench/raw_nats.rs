@@ -155,16 +155,24 @@ async fn measure(
     };
 
     let deadline = Instant::now() + duration;
+    let mut producer = Some(producer);
     while counter.load(Ordering::Relaxed) - start < count && Instant::now() < deadline {
-        if producer.is_finished() && counter.load(Ordering::Relaxed) - start < count {
-            // The producer stopped early (an error): stop waiting for the rest.
-            break;
+        // A producer that finished has published everything (then the consumer is given
+        // the time to take it) or failed (then there is nothing more to wait for).
+        if let Some(finished) = producer.take_if(|handle| handle.is_finished())
+            && let Err(error) = finished.await.context("the producer task failed")?
+        {
+            stop.cancel();
+            let _ = consumer.await;
+            return Err(error);
         }
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     stop.cancel();
     let seconds = epoch.elapsed().as_secs_f64();
-    producer.await.context("the producer task failed")??;
+    if let Some(producer) = producer {
+        producer.await.context("the producer task failed")??;
+    }
     let events = consumer.await.context("the consumer task failed")??;
     let samples = std::mem::take(&mut *samples.lock().unwrap_or_else(PoisonError::into_inner));
     Ok(Measured {
