@@ -51,16 +51,18 @@ const TOPIC: &str = "bench";
 const GROUP: &str = "bench";
 const MESSAGE_TYPE: &str = "bench.happened";
 
-/// The messages' payload: the publish time (nanoseconds since `epoch`) then padding.
-fn payload(epoch: Instant, size: usize) -> Bytes {
+/// A payload of `size` bytes (at least 8): the publish time (nanoseconds since `epoch`),
+/// then padding; every bus workload, raw clients included, sends these.
+pub(crate) fn payload(epoch: Instant, size: usize) -> Bytes {
     let nanos = u64::try_from(epoch.elapsed().as_nanos()).unwrap_or(u64::MAX);
     let mut payload = vec![0u8; size.max(8)];
     payload[..8].copy_from_slice(&nanos.to_le_bytes());
     Bytes::from(payload)
 }
 
-fn published_at(epoch: Instant, message: &Message) -> Option<Instant> {
-    let nanos: [u8; 8] = message.payload.get(..8)?.try_into().ok()?;
+/// When a [`payload`] was made, if it is one.
+pub(crate) fn published_at(epoch: Instant, payload: &[u8]) -> Option<Instant> {
+    let nanos: [u8; 8] = payload.get(..8)?.try_into().ok()?;
     Some(epoch + Duration::from_nanos(u64::from_le_bytes(nanos)))
 }
 
@@ -122,7 +124,7 @@ impl Recorder {
         counter.fetch_add(1, Ordering::Relaxed);
         let seen = self.seen.fetch_add(1, Ordering::Relaxed);
         if seen.is_multiple_of(SAMPLE_EVERY)
-            && let Some(at) = published_at(self.epoch, message)
+            && let Some(at) = published_at(self.epoch, &message.payload)
         {
             let mut samples = self.samples.lock().unwrap_or_else(PoisonError::into_inner);
             samples.record(at.elapsed());

@@ -25,6 +25,7 @@ use lapin::{BasicProperties, Confirmation, Connection, ConnectionProperties, Exc
 use tokio_util::sync::CancellationToken;
 
 use super::Measured;
+use super::bus::{payload, published_at};
 use super::stats::Samples;
 
 /// Publishes in flight before the producer waits for their confirms.
@@ -33,19 +34,6 @@ const WINDOW: usize = 256;
 const PREFETCH: u16 = 256;
 /// One message in this many has its latency recorded.
 const SAMPLE_EVERY: u64 = 64;
-
-/// The publish time (nanoseconds since `epoch`) then padding.
-fn payload(epoch: Instant, size: usize) -> Vec<u8> {
-    let nanos = u64::try_from(epoch.elapsed().as_nanos()).unwrap_or(u64::MAX);
-    let mut payload = vec![0u8; size.max(8)];
-    payload[..8].copy_from_slice(&nanos.to_le_bytes());
-    payload
-}
-
-fn published_at(epoch: Instant, payload: &[u8]) -> Option<Instant> {
-    let nanos: [u8; 8] = payload.get(..8)?.try_into().ok()?;
-    Some(epoch + Duration::from_nanos(u64::from_le_bytes(nanos)))
-}
 
 async fn connect(url: &str, name: &str) -> anyhow::Result<Connection> {
     Connection::connect(

@@ -15,11 +15,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use async_nats::jetstream::{self, consumer, stream};
-use bytes::Bytes;
 use futures::StreamExt as _;
 use tokio_util::sync::CancellationToken;
 
 use super::Measured;
+use super::bus::{payload, published_at};
+use super::redact;
 use super::stats::Samples;
 
 /// Messages per publish: sent together, then their acks awaited.
@@ -44,7 +45,7 @@ pub(crate) async fn raw(
         .connection_timeout(Duration::from_secs(5))
         .connect(url)
         .await
-        .with_context(|| format!("cannot reach NATS at {}", redacted(url)))?;
+        .with_context(|| format!("cannot reach NATS at {}", redact(url)))?;
     let context = jetstream::new(client.clone());
     let run = uuid::Uuid::now_v7().simple().to_string();
     let name = format!("cairn-bench-raw-{run}");
@@ -182,43 +183,15 @@ async fn measure(
     })
 }
 
-/// A payload of `size` bytes (at least 8): the publish time in nanoseconds since `epoch`,
-/// then padding.
-fn payload(epoch: Instant, size: usize) -> Bytes {
-    let nanos = u64::try_from(epoch.elapsed().as_nanos()).unwrap_or(u64::MAX);
-    let mut payload = vec![0u8; size.max(8)];
-    payload[..8].copy_from_slice(&nanos.to_le_bytes());
-    Bytes::from(payload)
-}
-
-fn published_at(epoch: Instant, payload: &[u8]) -> Option<Instant> {
-    let nanos: [u8; 8] = payload.get(..8)?.try_into().ok()?;
-    Some(epoch + Duration::from_nanos(u64::from_le_bytes(nanos)))
-}
-
-/// `url` with any password or token replaced by `***`.
-fn redacted(url: &str) -> String {
-    match url.split_once("://") {
-        Some((scheme, rest)) => match rest.rsplit_once('@') {
-            Some((userinfo, host)) => match userinfo.split_once(':') {
-                Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
-                None => format!("{scheme}://***@{host}"),
-            },
-            None => url.to_owned(),
-        },
-        None => url.to_owned(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn credentials_never_reach_an_error_message() {
-        assert_eq!(redacted("nats://u:secret@h:1"), "nats://u:***@h:1");
-        assert_eq!(redacted("nats://token@h:1"), "nats://***@h:1");
-        assert_eq!(redacted("nats://h:1"), "nats://h:1");
+        assert_eq!(redact("nats://u:secret@h:1"), "nats://u:***@h:1");
+        assert_eq!(redact("nats://token@h:1"), "nats://***@h:1");
+        assert_eq!(redact("nats://h:1"), "nats://h:1");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

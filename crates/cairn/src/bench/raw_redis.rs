@@ -20,6 +20,7 @@ use redis::aio::MultiplexedConnection;
 use tokio_util::sync::CancellationToken;
 
 use super::Measured;
+use super::bus::payload;
 use super::stats::Samples;
 
 /// Messages per `XADD` pipeline.
@@ -114,14 +115,6 @@ async fn run(
         seconds,
         latency: samples.summary(),
     })
-}
-
-/// The payload: the publish time (nanoseconds since `epoch`) then padding.
-fn payload(epoch: Instant, size: usize) -> Vec<u8> {
-    let nanos = u64::try_from(epoch.elapsed().as_nanos()).unwrap_or(u64::MAX);
-    let mut payload = vec![0u8; size.max(8)];
-    payload[..8].copy_from_slice(&nanos.to_le_bytes());
-    payload
 }
 
 async fn produce(
