@@ -148,10 +148,9 @@ impl<'a> LogReader<'a> {
             while record_at < batch_end {
                 let len = self.record_len(record_at, batch_end, SCAN_CHUNK)?;
                 let start = (record_at - self.chunk_start) as usize;
-                let chunk = self.chunk.clone();
-                let record =
-                    decode_record(&chunk, start, len).map_err(|r| self.corrupt(record_at, r))?;
-                let flow = visit(record_at, record, &chunk)?;
+                let record = decode_record(&self.chunk, start, len)
+                    .map_err(|r| self.corrupt(record_at, r))?;
+                let flow = visit(record_at, record, &self.chunk)?;
                 record_at += len as u64;
                 if flow.is_break() {
                     return Ok(record_at);

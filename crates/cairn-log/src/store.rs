@@ -305,6 +305,10 @@ fn closed() -> WriteError {
 /// The file that exists while a process has the store open (see [`write_marker`]).
 const OPEN_MARKER: &str = "open";
 
+/// Room reserved up front for the events of a `$all` page: enough that a full page grows
+/// its vector only twice, small enough that a filtered read finding little wastes little.
+const FIRST_PAGE_CAPACITY: usize = 1024;
+
 /// Records, durably, that the store is open: a crash leaves the marker behind, so the next
 /// open knows to search the log's tail for a torn write.
 fn write_marker(storage: &dyn Storage, dir: &Path) -> std::io::Result<()> {
@@ -483,7 +487,7 @@ impl LogStore {
             };
             let wanted = limit - events.len();
             let mut bytes: usize = events.iter().map(|e| e.payload.len()).sum();
-            let mut found = Vec::new();
+            let mut found = Vec::with_capacity(wanted.min(FIRST_PAGE_CAPACITY));
             let mut full = false;
             let mut next = cursor.max(end);
             for span in spans {
@@ -516,7 +520,11 @@ impl LogStore {
             if !found.is_empty() {
                 retain_visible(&self.index(), &mut found, Timestamp::now());
             }
-            events.append(&mut found);
+            if events.is_empty() {
+                events = found;
+            } else {
+                events.append(&mut found);
+            }
             cursor = next;
             let bytes: usize = events.iter().map(|e| e.payload.len()).sum();
             if !full || events.len() >= limit || bytes >= MAX_PAGE_BYTES {
