@@ -5,7 +5,9 @@
 use std::collections::BTreeMap;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::{Duration, Instant};
 
 use crate::format::{SEGMENT_HEADER_LEN, encode_segment_header};
 use crate::storage::{OpenMode, Storage, StorageFile};
@@ -17,12 +19,18 @@ use crate::storage::{OpenMode, Storage, StorageFile};
 /// journal; overwriting zeros does not. Measured here with 64 concurrent writers (about
 /// 20 KiB per flush), zero-filled segments take about 20 % more appends per second, so
 /// zero-filling ahead of the writer is the default.
+///
+/// Zeros cost a second write of every byte, though: when the writer fills segments faster
+/// than zeros can go down (large batches), zero-filling would only compete with it for
+/// the disk and the CPU and then be thrown away. So the filler measures how fast it
+/// writes zeros, and when the writer will need the segment before the zeros could be done
+/// it prepares that segment sparse instead.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Preallocation {
     /// A background thread writes zeros over the next segment, in small flushed steps,
     /// before the writer needs it, so later writes overwrite allocated blocks. When the
-    /// writer gets there first (it writes faster than the zeros go down), it creates the
-    /// segment sparse.
+    /// writer gets there first, or would (it writes faster than the zeros go down), the
+    /// segment is created sparse.
     #[default]
     Zeroed,
     /// Segments are sparse files: their length is set, nothing is written. Cheaper to
@@ -39,6 +47,8 @@ const ZEROING_SUFFIX: &str = ".seg.zeroing";
 const SCAVENGE_SUFFIX: &str = ".seg.scavenge";
 /// How much the zero-filler writes (and flushes) at a time.
 const ZERO_STEP: usize = 1 << 20;
+/// How much sooner than the writer needs it zero-filling must be expected to finish.
+const ZERO_MARGIN: f64 = 1.5;
 
 /// The segment files of one log.
 #[derive(Debug)]
@@ -52,6 +62,9 @@ pub(crate) struct Segments {
     /// Held while a segment file is renamed into place, so the writer and the
     /// preallocator never install the same one twice.
     creating: Mutex<()>,
+    /// How fast the last zero-filling went, in bytes per second (0 before any). Written
+    /// and read by the preallocator only.
+    zero_rate: AtomicU64,
 }
 
 impl Segments {
@@ -68,6 +81,7 @@ impl Segments {
             preallocation,
             files: RwLock::new(BTreeMap::new()),
             creating: Mutex::new(()),
+            zero_rate: AtomicU64::new(0),
         }
     }
 
@@ -159,19 +173,23 @@ impl Segments {
 
     /// Creates the segment based at `base` ahead of need, as [`Preallocation`] says: zeros
     /// are written in small flushed steps, so that the dirty data never delays the
-    /// writer's flushes for long. Gives up quietly if the writer creates it first.
-    pub(crate) fn prepare(&self, base: u64) -> io::Result<()> {
+    /// writer's flushes for long. `needed_in` is about when the writer will need it; a
+    /// segment that zeros could not fill by then is made sparse at once. Gives up
+    /// quietly if the writer creates it first.
+    pub(crate) fn prepare(&self, base: u64, needed_in: Duration) -> io::Result<()> {
         if self.file(base).is_some() {
             return Ok(());
         }
         let temp = self.dir.join(format!("{base:020}{ZEROING_SUFFIX}"));
         let file = self.storage.open(&temp, OpenMode::CreateTruncate)?;
         match self.preallocation {
-            Preallocation::Zeroed => {
+            Preallocation::Zeroed if self.zeros_in_time(needed_in) => {
                 let zeros = vec![0u8; ZERO_STEP];
+                let started = Instant::now();
                 let mut at = 0;
                 while at < self.size {
                     if self.file(base).is_some() {
+                        self.note_zero_rate(at, started.elapsed());
                         return self.storage.remove_file(&temp);
                     }
                     let n = (self.size - at).min(ZERO_STEP as u64) as usize;
@@ -179,13 +197,35 @@ impl Segments {
                     file.sync_data()?;
                     at += n as u64;
                 }
+                self.note_zero_rate(at, started.elapsed());
             }
-            Preallocation::Sparse => file.set_len(self.size)?,
+            Preallocation::Zeroed | Preallocation::Sparse => file.set_len(self.size)?,
         }
         if self.file(base).is_some() {
             return self.storage.remove_file(&temp);
         }
         self.install(base, &temp, file).map(drop)
+    }
+
+    /// Whether zeros, at the pace the last filling went, would cover a segment within
+    /// `needed_in` (with a margin). True until a filling has been measured.
+    fn zeros_in_time(&self, needed_in: Duration) -> bool {
+        let rate = self.zero_rate.load(Ordering::Relaxed);
+        if rate == 0 {
+            return true;
+        }
+        let seconds = self.size as f64 / rate as f64;
+        seconds * ZERO_MARGIN < needed_in.as_secs_f64()
+    }
+
+    /// Remembers how fast `bytes` of zeros went down in `took`, once enough of them did
+    /// for the figure to mean something.
+    fn note_zero_rate(&self, bytes: u64, took: Duration) {
+        if bytes < 4 * ZERO_STEP as u64 || took.is_zero() {
+            return;
+        }
+        let rate = (bytes as f64 / took.as_secs_f64()) as u64;
+        self.zero_rate.store(rate.max(1), Ordering::Relaxed);
     }
 
     /// Writes the header of a fully sized file at `temp`, makes it durable and renames it

@@ -43,6 +43,14 @@ use crate::scan::LogReader;
 use crate::segments::Segments;
 use crate::storage::StorageFile;
 
+/// The largest encoding buffer the planner keeps between batches; a rare huge batch gives
+/// its memory back.
+const MAX_SPARE_BUFFER: usize = 16 << 20;
+
+/// A request to the preallocator: the base of the segment to prepare, and about when the
+/// writer will need it.
+type Prepare = (u64, std::time::Duration);
+
 /// What the store's handles and its writer share.
 pub(crate) struct Shared {
     /// Written only by the syncer, after a batch is durable; read by everyone.
@@ -489,7 +497,13 @@ struct Planner {
     /// Shared with the syncer: the planner commits a batch itself when the syncer is idle
     /// and nothing else waits, which spares a thread hand-over on the path of a lone writer.
     committer: Arc<Mutex<Committer>>,
-    preallocator: Option<(mpsc::Sender<u64>, JoinHandle<()>)>,
+    preallocator: Option<(mpsc::Sender<Prepare>, JoinHandle<()>)>,
+    /// When the writer moved to its current segment.
+    rolled_at: Instant,
+    /// The encoding buffer of the last batch, kept for the next one: a batch of large
+    /// appends runs to megabytes, and growing a fresh buffer to that size each time would
+    /// copy every byte about twice more.
+    spare: Vec<u8>,
 }
 
 impl Planner {
@@ -515,6 +529,8 @@ impl Planner {
             syncer: Some(syncer),
             committer,
             preallocator: None,
+            rolled_at: Instant::now(),
+            spare: Vec::new(),
         }
     }
 
@@ -571,13 +587,13 @@ impl Planner {
     }
 
     fn start_preallocator(&mut self) {
-        let (sender, receiver) = mpsc::channel::<u64>();
+        let (sender, receiver) = mpsc::channel::<Prepare>();
         let shared = Arc::clone(&self.shared);
         let spawned = std::thread::Builder::new()
             .name("cairn-log-prealloc".to_owned())
             .spawn(move || {
-                for base in receiver {
-                    if let Err(error) = shared.segments.prepare(base) {
+                for (base, needed_in) in receiver {
+                    if let Err(error) = shared.segments.prepare(base, needed_in) {
                         tracing::warn!(%error, base, "preallocating a segment failed");
                     }
                 }
@@ -602,7 +618,12 @@ impl Planner {
         self.overlay
             .batches
             .push_back((number, Vec::new(), Vec::new()));
-        let mut batch = Batch::default();
+        let mut buf = std::mem::take(&mut self.spare);
+        buf.clear();
+        let mut batch = Batch {
+            buf,
+            ..Batch::default()
+        };
         let mut outcomes = Vec::with_capacity(commands.len());
         let mut flush = false;
         let now = Timestamp::now();
@@ -636,6 +657,9 @@ impl Planner {
             .zip(batch.frame_ends())
             .map(|(c, end)| (c.base, c.start, c.start + (end - c.buf_start) as u64))
             .collect();
+        if batch.buf.capacity() <= MAX_SPARE_BUFFER {
+            self.spare = std::mem::take(&mut batch.buf);
+        }
         let in_flight = InFlight {
             number,
             last_sequence: (!batch.chunks.is_empty()).then(|| self.sequence - 1),
@@ -1011,6 +1035,7 @@ impl Planner {
         self.file = Some(file);
         self.base = base;
         self.prepared_next = false;
+        self.rolled_at = Instant::now();
         Ok(())
     }
 
@@ -1023,7 +1048,9 @@ impl Planner {
             return;
         }
         if let Some((sender, _)) = &self.preallocator {
-            let _ = sender.send(self.base + size);
+            // Writing the first half took this long; the second half will take about
+            // as long, and then the next segment is needed.
+            let _ = sender.send((self.base + size, self.rolled_at.elapsed()));
         }
         self.prepared_next = true;
     }
