@@ -303,7 +303,9 @@ pub(crate) struct Index {
     /// Every stream's name, one after the other (see [`StreamEntry`]): one allocation
     /// instead of one per stream.
     name_arena: String,
-    /// Hashes stream names for `names`.
+    /// Hashes stream names for `names`. Set when the index is made and never replaced,
+    /// so a hash from [`Index::name_hash`] stays good for the index's life (the writer's
+    /// overlay keys streams by it).
     name_hasher: std::hash::RandomState,
     pub(crate) streams: Vec<StreamEntry>,
     /// Event id → candidate positions (the caller checks the id recorded there).
@@ -339,8 +341,16 @@ impl Index {
         }
     }
 
+    /// The hash of stream name `name` (see [`Index::stream_state_hashed`]).
+    pub(crate) fn name_hash(&self, name: &str) -> u64 {
+        self.name_hasher.hash_one(name)
+    }
+
     fn stream_number(&self, name: &str) -> Option<u32> {
-        let hash = self.name_hasher.hash_one(name);
+        self.stream_number_hashed(name, self.name_hash(name))
+    }
+
+    fn stream_number_hashed(&self, name: &str, hash: u64) -> Option<u32> {
         let (streams, arena) = (&self.streams, self.name_arena.as_str());
         self.names
             .find(hash, |&number| {
@@ -383,9 +393,11 @@ impl Index {
         self.streams.get(number as usize)
     }
 
-    /// The stream's state (a stream never seen is [`StreamState::NoStream`]).
-    pub(crate) fn stream_state(&self, name: &str) -> StreamState {
-        self.stream(name)
+    /// The state of the stream whose name is `name` and its [`Index::name_hash`] `hash`
+    /// (a stream never seen is [`StreamState::NoStream`]).
+    pub(crate) fn stream_state_hashed(&self, name: &str, hash: u64) -> StreamState {
+        self.stream_number_hashed(name, hash)
+            .and_then(|number| self.streams.get(number as usize))
             .map_or(StreamState::NoStream, StreamEntry::state)
     }
 
@@ -762,7 +774,10 @@ mod tests {
         });
         assert!(index.all_visible());
         index.apply(&Effect::Tombstone { stream: name("b") });
-        assert_eq!(index.stream_state("b"), StreamState::Tombstoned);
+        assert_eq!(
+            index.stream_state_hashed("b", index.name_hash("b")),
+            StreamState::Tombstoned
+        );
         assert!(!index.all_visible());
     }
 

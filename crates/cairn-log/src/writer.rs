@@ -19,7 +19,9 @@
 //! and stops the writer for good (fail-stop): the store must be reopened, and recovery
 //! decides what is durable.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
+
+use hashbrown::{HashTable, hash_table};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Condvar, Mutex, PoisonError, RwLock};
@@ -400,13 +402,30 @@ struct InFlight {
 
 /// What planned batches will change, until the syncer applied them: the state of the
 /// streams they touch and the events they hold, tagged with the batch number.
+///
+/// Streams are found by the index's hash of their name ([`Index::name_hash`]), computed
+/// once per append and used for both the overlay and the index.
 #[derive(Default)]
 struct Overlay {
-    streams: HashMap<StreamName, (StreamState, u64)>,
+    streams: HashTable<OverlayStream>,
     /// Planned events by [`id_key`] of their id.
     ids: PremixedMap<Pending>,
-    /// Per batch: the id keys and streams it added, to forget once applied.
-    batches: VecDeque<(u64, Vec<u64>, Vec<StreamName>)>,
+    /// Per batch: the id keys and the streams (with their hashes) it added, to forget
+    /// once applied.
+    batches: VecDeque<PlannedBatch>,
+}
+
+/// A planned batch's number, the id keys of its events and the streams it set (with
+/// their name hashes).
+type PlannedBatch = (u64, Vec<u64>, Vec<(u64, StreamName)>);
+
+/// A stream's state as planned batches leave it.
+struct OverlayStream {
+    hash: u64,
+    name: StreamName,
+    state: StreamState,
+    /// The last batch that set it.
+    batch: u64,
 }
 
 /// An event planned but not yet applied.
@@ -421,17 +440,37 @@ struct Pending {
 }
 
 impl Overlay {
-    fn state(&self, index: &Index, stream: &StreamName) -> StreamState {
+    /// The state of `stream`, whose [`Index::name_hash`] is `hash`.
+    fn state(&self, index: &Index, stream: &StreamName, hash: u64) -> StreamState {
         self.streams
-            .get(stream)
-            .map(|(state, _)| *state)
-            .unwrap_or_else(|| index.stream_state(stream.as_str()))
+            .find(hash, |entry| entry.name == *stream)
+            .map_or_else(
+                || index.stream_state_hashed(stream.as_str(), hash),
+                |entry| entry.state,
+            )
     }
 
-    fn set_state(&mut self, stream: &StreamName, state: StreamState, batch: u64) {
-        self.streams.insert(stream.clone(), (state, batch));
+    fn set_state(&mut self, stream: &StreamName, hash: u64, state: StreamState, batch: u64) {
+        match self
+            .streams
+            .entry(hash, |entry| entry.name == *stream, |entry| entry.hash)
+        {
+            hash_table::Entry::Occupied(mut occupied) => {
+                let entry = occupied.get_mut();
+                entry.state = state;
+                entry.batch = batch;
+            }
+            hash_table::Entry::Vacant(vacant) => {
+                vacant.insert(OverlayStream {
+                    hash,
+                    name: stream.clone(),
+                    state,
+                    batch,
+                });
+            }
+        }
         if let Some((_, _, streams)) = self.batches.back_mut() {
-            streams.push(stream.clone());
+            streams.push((hash, stream.clone()));
         }
     }
 
@@ -458,9 +497,11 @@ impl Overlay {
                     self.ids.remove(&key);
                 }
             }
-            for stream in streams {
-                if self.streams.get(&stream).is_some_and(|(_, b)| *b == batch) {
-                    self.streams.remove(&stream);
+            for (hash, stream) in streams {
+                if let Ok(entry) = self.streams.find_entry(hash, |e| e.name == stream)
+                    && entry.get().batch == batch
+                {
+                    entry.remove();
                 }
             }
         }
@@ -808,19 +849,24 @@ impl Planner {
         now: Timestamp,
         batch: &mut Batch,
     ) -> Result<Vec<AppendResult>, WriteError> {
-        {
+        let hashes: Vec<u64> = {
             let index = self.index();
             if let Some(results) = self.find_retry(&index, commands, appends)? {
                 return Ok(results);
             }
-            for append in appends {
+            let hashes: Vec<u64> = appends
+                .iter()
+                .map(|append| index.name_hash(append.stream.as_str()))
+                .collect();
+            for (append, &hash) in appends.iter().zip(&hashes) {
                 check_expected(
-                    self.overlay.state(&index, &append.stream),
+                    self.overlay.state(&index, &append.stream, hash),
                     &append.stream,
                     append.expected,
                 )?;
             }
-        }
+            hashes
+        };
         let mut size = 0u64;
         let mut count = 0u32;
         for append in appends {
@@ -839,10 +885,12 @@ impl Planner {
         }
         let number = self.batch_number;
         let mut results = Vec::with_capacity(appends.len());
-        for (append_number, append) in appends.iter().enumerate() {
+        for ((append_number, append), &hash) in appends.iter().enumerate().zip(&hashes) {
             let mut revision = {
                 let index = self.index();
-                self.overlay.state(&index, &append.stream).next_revision()
+                self.overlay
+                    .state(&index, &append.stream, hash)
+                    .next_revision()
             };
             let mut last = None;
             for (event_number, data) in append.events.iter().enumerate() {
@@ -872,6 +920,7 @@ impl Planner {
             if let Some(result) = last {
                 self.overlay.set_state(
                     &append.stream,
+                    hash,
                     StreamState::Active {
                         last_revision: result.revision,
                     },
@@ -889,9 +938,10 @@ impl Planner {
         change: LifecycleChange,
         batch: &mut Batch,
     ) -> Result<(), WriteError> {
-        let state = {
+        let (state, hash) = {
             let index = self.index();
-            self.overlay.state(&index, stream)
+            let hash = index.name_hash(stream.as_str());
+            (self.overlay.state(&index, stream, hash), hash)
         };
         let expected = match change {
             LifecycleChange::Metadata(_) => ExpectedRevision::Any,
@@ -946,7 +996,7 @@ impl Planner {
         batch.buf.extend_from_slice(&record);
         batch.effects.push(effect);
         self.overlay
-            .set_state(stream, next_state, self.batch_number);
+            .set_state(stream, hash, next_state, self.batch_number);
         Ok(())
     }
 
