@@ -64,7 +64,7 @@ pub(crate) fn encode(message: &Message) -> Encoded {
     let mut headers = HeaderMap::new();
     let mut header_len = HEADER_FRAME;
     let id = message.id.hyphenated().to_string();
-    push(&mut headers, &mut header_len, ID, id);
+    push_static(&mut headers, &mut header_len, ID, id);
     attribute(&mut headers, &mut header_len, TYPE, &message.message_type);
     if !message.source.is_empty() {
         attribute(&mut headers, &mut header_len, SOURCE, &message.source);
@@ -85,7 +85,7 @@ pub(crate) fn encode(message: &Message) -> Encoded {
             let mut escaped = percent(name);
             escaped.push('=');
             escaped.push_str(&percent(value));
-            push(&mut headers, &mut header_len, ESCAPED, escaped);
+            push_static(&mut headers, &mut header_len, ESCAPED, escaped);
         }
     }
     Encoded {
@@ -167,7 +167,7 @@ fn derived_id(stream: &str, sequence: u64) -> Uuid {
 
 fn attribute(headers: &mut HeaderMap, len: &mut usize, name: &'static str, value: &str) {
     if plain_value(value) {
-        push(headers, len, name, value.to_owned());
+        push_static(headers, len, name, value.to_owned());
     } else {
         push(
             headers,
@@ -181,8 +181,21 @@ fn attribute(headers: &mut HeaderMap, len: &mut usize, name: &'static str, value
 /// Adds a header whose name and value are known to be valid.
 fn push(headers: &mut HeaderMap, len: &mut usize, name: &str, value: String) {
     *len += name.len() + value.len() + 4;
-    if let (Ok(name), Ok(value)) = (name.parse::<HeaderName>(), value.parse::<HeaderValue>()) {
-        headers.append(name, value);
+    if let Ok(name) = name.parse::<HeaderName>() {
+        append(headers, name, value);
+    }
+}
+
+/// [`push`] for one of the codec's own header names, which need no parsing.
+fn push_static(headers: &mut HeaderMap, len: &mut usize, name: &'static str, value: String) {
+    *len += name.len() + value.len() + 4;
+    append(headers, HeaderName::from_static(name), value);
+}
+
+fn append(headers: &mut HeaderMap, name: HeaderName, value: String) {
+    // The value is checked here, so taking it as it is (without a copy) cannot panic.
+    if !value.contains(['\r', '\n']) {
+        headers.append(name, HeaderValue::from(value));
     }
 }
 

@@ -24,7 +24,7 @@
 //! | [`publish`](cairn_bus::Publisher::publish) | one JetStream publish per message, all sent before any ack is awaited, then every `PubAck` awaited (slices of 1,024 for larger batches): `Ok` means the stream stored every message |
 //! | message id | `Nats-Msg-Id`: a second publish of an id within [`NatsOptions::duplicate_window`] (default 2 min) is acknowledged and not stored again |
 //! | other message fields | NATS headers after the CloudEvents NATS binding (`ce-type`, `ce-source`, `ce-subject` for the key, `content-type`, application headers as they are); see [`codec`] |
-//! | `ack()` | `+ACK`, confirmed by the server unless [`NatsOptions::confirm_answers`] is off |
+//! | `ack()` | `+ACK`, confirmed by the server unless [`NatsOptions::confirm_answers`] is off; one confirmation covers every answer sent since the previous one (see [`subscription`]) |
 //! | `nack(None)` / `nack(Some(d))` | `-NAK` / `-NAK {"delay": d}`: delivered again at once / not before `d` |
 //! | delivery dropped unanswered | `-NAK` sent on its own |
 //! | `attempt` | the delivery count in the message's reply subject (`num_delivered`) |

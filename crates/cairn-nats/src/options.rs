@@ -72,8 +72,10 @@ pub struct NatsOptions {
     /// How long one pull request waits at the server for messages before it expires and
     /// is renewed (default 10 s).
     pub pull_expiry: Duration,
-    /// Whether `ack` and `nack` wait for the server to confirm them (default `true`):
-    /// slower, but an answer that returned `Ok` was recorded.
+    /// Whether `ack` and `nack` wait for the server to confirm them (default `true`): an
+    /// answer that returned `Ok` was recorded. The answers of a subscription share
+    /// confirmations (one per round trip, see [`subscription`](crate::subscription)), so
+    /// this costs latency rather than throughput.
     pub confirm_answers: bool,
     /// The largest message accepted, by [`Message::encoded_len`]; the server's
     /// `max_payload` (less room for the headers) caps it (default 8 MiB, so the server's

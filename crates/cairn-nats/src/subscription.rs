@@ -22,18 +22,27 @@
 //! # Answers
 //!
 //! `ack` sends `+ACK`, `nack(None)` `-NAK`, `nack(Some(d))` `-NAK {"delay": d}` to the
-//! delivery's reply subject; with [`NatsOptions::confirm_answers`] (the default) as a
-//! request the server confirms. A delivery dropped unanswered sends `-NAK` on its own. A
-//! delivery keeps only a weak link to the connection: once the transport and its streams
-//! are gone, answering returns [`TransportError::Closed`] and the server redelivers the
-//! message after `ack_wait`.
+//! delivery's reply subject. With [`NatsOptions::confirm_answers`] (the default) an answer
+//! returns `Ok` only once the server confirmed it, and answers share confirmations: while
+//! one round is on its way the answers given meanwhile gather, and the next round sends
+//! them in order, the last one as a request. The server handles a connection's messages in
+//! order and a consumer's answers one after another, so its reply to the last answer of a
+//! round confirms the whole round; a busy subscription thus waits for one reply per round
+//! trip instead of one per message. A round during which the client connected again
+//! confirms nothing it wrote before: its earlier answers fail (their messages may come
+//! again, which the inbox makes harmless). Without `confirm_answers` every answer is sent
+//! as it is and `Ok` means it was handed to the connection.
+//!
+//! A delivery dropped unanswered sends `-NAK` on its own. A delivery keeps only a weak
+//! link to the connection: once the transport and its streams are gone, answering returns
+//! [`TransportError::Closed`] and the server redelivers the message after `ack_wait`.
 //!
 //! [`NatsOptions::confirm_answers`]: crate::NatsOptions::confirm_answers
 
 use std::collections::VecDeque;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -43,7 +52,7 @@ use bytes::Bytes;
 use cairn_bus::{Acknowledge, Deliveries, Delivery, SubscriptionSpec, TransportError};
 use futures::future::BoxFuture;
 use futures::{Stream, StreamExt};
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
@@ -95,6 +104,7 @@ pub(crate) async fn open(
             prefetch,
             outstanding: AtomicUsize::new(0),
             room: Notify::new(),
+            answers: Mutex::default(),
         }),
         out,
         cancel: cancel.clone(),
@@ -161,7 +171,7 @@ impl Stream for Feed {
 }
 
 /// The prefetch bound, shared by the task (which takes room) and the answers (which give
-/// it back).
+/// it back), and the answers on their way to the server.
 struct Flow {
     prefetch: usize,
     /// Deliveries handed out and not answered: incremented only by the task, decremented
@@ -169,6 +179,9 @@ struct Flow {
     outstanding: AtomicUsize,
     /// Notified by every answer; the task waits on it for room.
     room: Notify,
+    /// Confirmed answers waiting to be sent: pushed by answers, taken by the task that
+    /// sends them ([`send_answers`]).
+    answers: Mutex<AnswerQueue>,
 }
 
 impl Flow {
@@ -443,8 +456,16 @@ async fn sleep_until(deadline: Option<Instant>) {
 /// `$JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>.<consumer seq>.<time>.<pending>`,
 /// or the same with `<domain>.<account hash>` before the stream and a token after.
 fn ack_info(reply: &str) -> Option<(u64, u64)> {
-    let tokens: Vec<&str> = reply.strip_prefix("$JS.ACK.")?.split('.').collect();
-    let (delivered, sequence) = match tokens.len() {
+    // The first six tokens and how many there are, without collecting them.
+    let mut tokens = [""; 6];
+    let mut count = 0;
+    for token in reply.strip_prefix("$JS.ACK.")?.split('.') {
+        if let Some(slot) = tokens.get_mut(count) {
+            *slot = token;
+        }
+        count += 1;
+    }
+    let (delivered, sequence) = match count {
         7 => (tokens.get(2)?, tokens.get(3)?),
         n if n >= 9 => (tokens.get(4)?, tokens.get(5)?),
         _ => return None,
@@ -468,29 +489,125 @@ impl Answer {
     ) -> BoxFuture<'static, Result<(), TransportError>> {
         let reply = self.reply.take();
         self.flow.release();
-        let shared = self.shared.clone();
+        let flow = Arc::clone(&self.flow);
+        let weak = self.shared.clone();
         Box::pin(async move {
-            let (Some(reply), Some(shared)) = (reply, shared.upgrade()) else {
+            let (Some(reply), Some(shared)) = (reply, weak.upgrade()) else {
                 return Err(TransportError::Closed);
             };
-            let timeout = shared.options.request_timeout;
-            if shared.options.confirm_answers {
-                match tokio::time::timeout(timeout, shared.client.request(reply, body)).await {
-                    Ok(Ok(_)) => Ok(()),
-                    Ok(Err(cause)) => Err(error::request(what, timeout, cause)),
-                    Err(_) => Err(TransportError::Timeout {
-                        operation: what.to_owned(),
-                        after: timeout,
-                    }),
-                }
-            } else {
-                shared
+            if !shared.options.confirm_answers {
+                let timeout = shared.options.request_timeout;
+                return shared
                     .client
                     .publish(reply, body)
                     .await
-                    .map_err(|cause| error::request(what, timeout, cause))
+                    .map_err(|cause| error::request(what, timeout, cause));
             }
+            let (done, confirmed) = oneshot::channel();
+            let lead = {
+                let mut queue = flow.answers.lock().unwrap_or_else(PoisonError::into_inner);
+                queue.waiting.push(Waiting {
+                    reply,
+                    body,
+                    what,
+                    done,
+                });
+                !std::mem::replace(&mut queue.sending, true)
+            };
+            if lead {
+                // A task of its own, so that a caller dropping its future cannot strand
+                // the answers gathered behind it; `close` waits for it.
+                shared.tasks.spawn(send_answers(flow, weak));
+            }
+            drop(shared);
+            confirmed.await.unwrap_or(Err(TransportError::Closed))
         })
+    }
+}
+
+/// Answers gathered for one confirmation, in the order they were given.
+#[derive(Default)]
+struct AnswerQueue {
+    waiting: Vec<Waiting>,
+    /// Whether a task is sending; it takes `waiting` until it finds it empty.
+    sending: bool,
+}
+
+/// One answer waiting to be sent and confirmed.
+struct Waiting {
+    reply: Subject,
+    body: Bytes,
+    what: &'static str,
+    done: oneshot::Sender<Result<(), TransportError>>,
+}
+
+/// Sends the gathered answers until none are left: each round sends every answer but the
+/// last as it is and the last as a request, whose reply confirms the whole round. The
+/// server takes a connection's messages in order and handles a consumer's answers one
+/// after another, so the reply to the last answer comes after it handled the earlier ones
+/// of the round. A round during which the client connected again proves nothing about the
+/// answers written to the old connection: they fail (the messages may come again).
+async fn send_answers(flow: Arc<Flow>, shared: Weak<Shared>) {
+    loop {
+        let mut round = {
+            let mut queue = flow.answers.lock().unwrap_or_else(PoisonError::into_inner);
+            if queue.waiting.is_empty() {
+                queue.sending = false;
+                return;
+            }
+            std::mem::take(&mut queue.waiting)
+        };
+        let Some(shared) = shared.upgrade() else {
+            for waiting in round {
+                let _ = waiting.done.send(Err(TransportError::Closed));
+            }
+            continue;
+        };
+        let Some(last) = round.pop() else { continue };
+        let client = &shared.client;
+        let timeout = shared.options.request_timeout;
+        let statistics = client.statistics();
+        let connects = statistics.connects.load(Ordering::Acquire);
+        let mut sent = Vec::with_capacity(round.len());
+        for waiting in round {
+            match client.publish(waiting.reply, waiting.body).await {
+                Ok(()) => sent.push((waiting.what, waiting.done)),
+                Err(cause) => {
+                    let _ = waiting
+                        .done
+                        .send(Err(error::request(waiting.what, timeout, cause)));
+                }
+            }
+        }
+        let what = last.what;
+        let confirmed =
+            match tokio::time::timeout(timeout, client.request(last.reply, last.body)).await {
+                Ok(Ok(_)) => Ok(()),
+                Ok(Err(cause)) => Err(error::request(what, timeout, cause)),
+                Err(_) => Err(TransportError::Timeout {
+                    operation: what.to_owned(),
+                    after: timeout,
+                }),
+            };
+        let reconnected = statistics.connects.load(Ordering::Acquire) != connects;
+        for (what, done) in sent {
+            let outcome = match &confirmed {
+                Ok(()) if !reconnected => Ok(()),
+                Ok(()) => Err(TransportError::Broker {
+                    operation: what.to_owned(),
+                    source: "the connection was made anew before the server confirmed \
+                             the answer; the message may be delivered again"
+                        .into(),
+                }),
+                Err(failed) => Err(TransportError::Broker {
+                    operation: what.to_owned(),
+                    source: format!("the server did not confirm its round of answers: {failed}")
+                        .into(),
+                }),
+            };
+            let _ = done.send(outcome);
+        }
+        let _ = last.done.send(confirmed);
     }
 }
 
@@ -558,6 +675,7 @@ mod tests {
             prefetch: 2,
             outstanding: AtomicUsize::new(0),
             room: Notify::new(),
+            answers: Mutex::default(),
         };
         assert!(flow.try_take());
         assert!(flow.try_take());

@@ -1,6 +1,7 @@
 //! What the conformance suite does not cover: the errors a real server gives (nobody
 //! listening, wrong credentials, a message too large, a bad name), credentials kept out of
-//! every message, and lag read from the consumer's own figures.
+//! every message, lag read from the consumer's own figures, and answers that share one
+//! confirmation.
 
 mod support;
 
@@ -182,6 +183,28 @@ async fn lag_is_the_consumers_pending_and_unacknowledged_messages() {
     first.ack().await.unwrap();
     second.ack().await.unwrap();
     assert_eq!(transport.lag(&spec).await.unwrap(), Some(3));
+}
+
+#[tokio::test]
+async fn answers_given_together_are_each_confirmed_once_recorded() {
+    let (transport, _cleanup) = shared_transport().await;
+    let spec = SubscriptionSpec::new("together", "readers").prefetch(64);
+    let mut deliveries = transport.subscribe(&spec).await.unwrap();
+    let messages: Vec<_> = (0..64).map(|n| Message::new("t", format!("{n}"))).collect();
+    transport.publish("together", messages).await.unwrap();
+    let mut held = Vec::new();
+    while held.len() < 64 {
+        held.push(deliveries.next().await.unwrap().unwrap());
+    }
+    // Acked at once, the answers share confirmations; each `Ok` must still mean the
+    // server recorded that answer.
+    let answers = futures::future::join_all(held.into_iter().map(|d| d.ack())).await;
+    assert!(answers.iter().all(Result::is_ok), "{answers:?}");
+    assert_eq!(
+        transport.lag(&spec).await.unwrap(),
+        Some(0),
+        "every confirmed ack is recorded"
+    );
 }
 
 #[tokio::test]

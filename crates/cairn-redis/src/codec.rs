@@ -7,7 +7,7 @@
 //! |----------------|----------------------------------------------|-----------------|
 //! | `id`           | the message id, as a hyphenated UUID         | always          |
 //! | `type`         | `message_type`                               | always          |
-//! | `source`       | `source`                                     | always          |
+//! | `source`       | `source`                                     | when not empty  |
 //! | `key`          | the ordering key                             | when it has one |
 //! | `content-type` | `content_type`                               | always          |
 //! | `h:<name>`     | one field per header                         | per header      |
@@ -84,9 +84,12 @@ pub(crate) fn write_fields(command: &mut Cmd, message: &Message) {
         .arg(ID)
         .arg(&*message.id.hyphenated().encode_lower(&mut id))
         .arg(TYPE)
-        .arg(&message.message_type)
-        .arg(SOURCE)
-        .arg(&message.source);
+        .arg(&message.message_type);
+    // Left out when empty (the default), which reads back the same: one field pair less
+    // for every reader to parse.
+    if !message.source.is_empty() {
+        command.arg(SOURCE).arg(&message.source);
+    }
     if let Some(key) = &message.key {
         command.arg(KEY).arg(key);
     }
@@ -231,6 +234,12 @@ mod tests {
         let read = read_message(EntryId { ms: 1, seq: 0 }, as_reply(&command));
         assert_eq!(read, message);
         assert_eq!(read.key, None);
+        assert!(
+            !command
+                .args_iter()
+                .any(|arg| matches!(arg, redis::Arg::Simple(b"source"))),
+            "an empty source is left out"
+        );
     }
 
     #[test]

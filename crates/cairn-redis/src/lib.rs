@@ -7,7 +7,7 @@
 //! | Cairn | Redis |
 //! |---|---|
 //! | topic `t` | the stream `<prefix>:t` ([`RedisOptions::prefix`]), one entry per message |
-//! | message fields | entry fields `id`, `type`, `source`, `key` (when set), `content-type`, `h:<header>` per header, `payload` (see [`codec`]) |
+//! | message fields | entry fields `id`, `type`, `source` (when not empty), `key` (when set), `content-type`, `h:<header>` per header, `payload` (see [`codec`]) |
 //! | publish | one `XADD` per message, the batch in one `MULTI`/`EXEC` round trip |
 //! | group | a consumer group, created at the group's first subscription (`XGROUP CREATE ... $ MKSTREAM`): it gets what is published from then on |
 //! | subscription | a consumer of the group (a fresh name each time) reading with `XREADGROUP ... >` |
