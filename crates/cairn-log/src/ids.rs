@@ -58,6 +58,60 @@ fn short_key(key: u64) -> u64 {
 
 type RecentMap = PremixedMap<u64>;
 
+/// Sorts `entries` (short key, position) by short key, then position. Large sets are
+/// first put in bucket order (the key's top 16 bits) in place, each entry moved once
+/// straight to its bucket, which leaves each bucket a handful of entries to sort: linear
+/// work and no second copy, where a comparison sort of the whole set costs a few dozen
+/// comparisons per entry.
+fn sort_by_short_key(mut entries: Vec<(u64, u64)>) -> Vec<(u64, u64)> {
+    if entries.len() < BUCKETS {
+        entries.sort_unstable();
+        return entries;
+    }
+    let bucket_of = |key: u64| ((key >> 32) as usize).min(BUCKETS - 1);
+    // starts[b] is where bucket b begins once sorted.
+    let mut starts = vec![0usize; BUCKETS + 1];
+    for &(key, _) in &entries {
+        if let Some(count) = starts.get_mut(bucket_of(key) + 1) {
+            *count += 1;
+        }
+    }
+    for bucket in 1..=BUCKETS {
+        let before = starts.get(bucket - 1).copied().unwrap_or(0);
+        if let Some(start) = starts.get_mut(bucket) {
+            *start += before;
+        }
+    }
+    // next[b]: the first place of bucket b not yet holding one of its entries. Every
+    // place before it in the bucket does; swapping the entry found there to its own
+    // bucket's next place settles one entry per step.
+    let mut next = starts.clone();
+    for bucket in 0..BUCKETS {
+        let end = starts.get(bucket + 1).copied().unwrap_or(0);
+        while let Some(&at) = next.get(bucket).filter(|&&at| at < end) {
+            let Some(&(key, _)) = entries.get(at) else {
+                break;
+            };
+            let target = bucket_of(key);
+            let Some(slot) = next.get_mut(target) else {
+                break;
+            };
+            if target != bucket {
+                entries.swap(at, *slot);
+            }
+            *slot += 1;
+        }
+    }
+    for bucket in starts.windows(2) {
+        if let [start, end] = *bucket
+            && let Some(run) = entries.get_mut(start..end)
+        {
+            run.sort_unstable();
+        }
+    }
+    entries
+}
+
 /// Event id → candidate positions. See the module documentation.
 #[derive(Debug, Default, Clone)]
 pub(crate) struct IdIndex {
@@ -203,7 +257,7 @@ impl IdIndex {
                 kept_overflow.insert(id, position);
             }
         }
-        fresh.sort_unstable();
+        let fresh = sort_by_short_key(fresh);
         let this = &*self;
         let base = (0..BUCKETS).flat_map(|bucket| {
             this.bucket(bucket).filter_map(move |at| {
@@ -411,6 +465,23 @@ mod tests {
         for (n, &id) in bulk.iter().enumerate() {
             assert_eq!(candidates(&index, id), vec![1000 + n as u64]);
         }
+    }
+
+    #[test]
+    fn large_merges_sort_like_a_comparison_sort() {
+        let mut state = 0x1234_5678_9ABC_DEF0u64;
+        let mut next = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let entries: Vec<(u64, u64)> = (0..BUCKETS * 3)
+            .map(|_| (short_key(next()), next() % 1000))
+            .collect();
+        let mut expected = entries.clone();
+        expected.sort_unstable();
+        assert_eq!(sort_by_short_key(entries), expected);
     }
 
     #[test]
