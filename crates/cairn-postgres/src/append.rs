@@ -1,13 +1,15 @@
 //! The write path of an append: lock the streams, check expectations, insert the events at
 //! positions derived from the transaction id, and tell retries from reused ids.
 //!
-//! One append is one call of the schema's `cairn_append` function: one round trip, one
-//! statement in autocommit (or, inside the caller's transaction, in a savepoint). It takes
-//! a per-stream advisory lock for every named stream (writers of one stream queue there;
-//! writers of different streams never meet), checks each part's expectation, takes the
-//! transaction id and inserts every event at `xid * 2^20 + rank` (a stream's last revision
-//! is that of its last event, so an append does not update the stream's row). Its refusals come back as SQLSTATEs `CA001`..`CA004`, which [`refusal`] turns
-//! into the contract's errors.
+//! One append is one call of a schema function: `cairn_append_stream` for one stream (the
+//! common case, with scalar arguments and a one-row insert for a single event),
+//! `cairn_append` for several. One round trip, one statement in autocommit (or, inside the
+//! caller's transaction, in a savepoint). It takes a per-stream advisory lock for every
+//! named stream (writers of one stream queue there; writers of different streams never
+//! meet), checks each part's expectation, takes the transaction id and inserts every event
+//! at `xid * 2^20 + rank` (a stream's last revision is that of its last event, so an append
+//! does not update the stream's row). Its refusals come back as SQLSTATEs
+//! `CA001`..`CA004`, which [`refusal`] turns into the contract's errors.
 //!
 //! Idempotency costs nothing on the happy path: a retried id trips the unique index on
 //! event ids, and only then (or when an expectation fails) does [`find_retry`] compare the
@@ -47,6 +49,10 @@ const CREATE_STREAMS: &str = "
 const APPEND: &str = "
     SELECT last_revision, last_position
     FROM cairn_append($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)";
+
+const APPEND_STREAM: &str = "
+    SELECT r.last_revision, r.last_position
+    FROM cairn_append_stream($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) AS r";
 
 const FIND_IDS: &str = "
     SELECT e.id, s.name, e.revision, e.position, e.event_type, e.content_type, e.metadata,
@@ -149,12 +155,36 @@ pub(crate) async fn append_on(
     }
 }
 
-/// One attempt inside an open transaction: one call of `cairn_append` (see the schema).
+/// The expectation as `cairn_append` takes it: a kind (0 any, 1 no stream, 2 stream
+/// exists, 3 exact) and the revision of an exact one.
+fn expectation(expected: ExpectedRevision) -> (i16, i64) {
+    match expected {
+        ExpectedRevision::Any => (0, 0),
+        ExpectedRevision::NoStream => (1, 0),
+        ExpectedRevision::StreamExists => (2, 0),
+        // A revision beyond bigint can never match a stored one.
+        ExpectedRevision::Exact(revision) => (3, i64::try_from(revision).unwrap_or(-1)),
+    }
+}
+
+/// One attempt inside an open transaction: one call of `cairn_append_stream` for one
+/// stream, of `cairn_append` for several (see the schema).
 async fn write(
     conn: &mut PgConnection,
     appends: &[StreamAppend],
     in_caller_tx: bool,
 ) -> Result<Vec<AppendResult>, Failure> {
+    if let [append] = appends {
+        return write_stream(conn, append, in_caller_tx)
+            .await
+            .map_err(|error| refusal(error, appends))
+            .and_then(|row| {
+                Ok(vec![AppendResult {
+                    revision: to_revision(row.try_get(0)?),
+                    position: to_position(row.try_get(1)?),
+                }])
+            });
+    }
     let total: usize = appends.iter().map(|a| a.events.len()).sum();
     let names: Vec<&str> = appends.iter().map(|a| a.stream.as_str()).collect();
     let categories: Vec<&str> = appends.iter().map(|a| a.stream.category()).collect();
@@ -169,13 +199,7 @@ async fn write(
     let mut metadata = Vec::with_capacity(total);
     let mut payloads = Vec::with_capacity(total);
     for (index, append) in appends.iter().enumerate() {
-        let (kind, revision): (i16, i64) = match append.expected {
-            ExpectedRevision::Any => (0, 0),
-            ExpectedRevision::NoStream => (1, 0),
-            ExpectedRevision::StreamExists => (2, 0),
-            // A revision beyond bigint can never match a stored one.
-            ExpectedRevision::Exact(revision) => (3, i64::try_from(revision).unwrap_or(-1)),
-        };
+        let (kind, revision) = expectation(append.expected);
         kinds.push(kind);
         revisions.push(revision);
         counts.push(i32::try_from(append.events.len()).unwrap_or(i32::MAX));
@@ -224,7 +248,39 @@ async fn write(
     Ok(results)
 }
 
-/// Turns the refusals `cairn_append` raises into the contract's errors.
+/// An append to one stream: one call of `cairn_append_stream`, one result row.
+async fn write_stream(
+    conn: &mut PgConnection,
+    append: &StreamAppend,
+    in_caller_tx: bool,
+) -> Result<sqlx::postgres::PgRow, sqlx::Error> {
+    let (kind, revision) = expectation(append.expected);
+    let events = &append.events;
+    let ids: Vec<Uuid> = events.iter().map(|e| e.id).collect();
+    let types: Vec<&str> = events.iter().map(|e| e.event_type.as_str()).collect();
+    let content_types: Vec<&str> = events.iter().map(|e| e.content_type.as_str()).collect();
+    let metadata: Vec<Vec<u8>> = events
+        .iter()
+        .map(|e| encode_metadata(&e.metadata))
+        .collect();
+    let payloads: Vec<&[u8]> = events.iter().map(|e| e.payload.as_ref()).collect();
+    sqlx::query(APPEND_STREAM)
+        .bind(append.stream.as_str())
+        .bind(append.stream.category())
+        .bind(kind)
+        .bind(revision)
+        .bind(&ids)
+        .bind(&types)
+        .bind(&content_types)
+        .bind(&metadata)
+        .bind(&payloads)
+        .bind(in_caller_tx)
+        .fetch_one(&mut *conn)
+        .await
+}
+
+/// Turns the refusals `cairn_append` and `cairn_append_stream` raise into the contract's
+/// errors.
 fn refusal(error: sqlx::Error, appends: &[StreamAppend]) -> Failure {
     let Some(code) = sqlstate(&error) else {
         return Failure::Database(error);

@@ -43,9 +43,11 @@
 //!
 //! Opening a store applies the embedded migrations ([`schema`]); tables are prefixed
 //! `cairn_` and live in the connection's default schema. `cairn_streams` holds one row per
-//! stream (its last revision, lifecycle and retention); `cairn_events` one row per event,
-//! keyed by position, unique by event id and by (stream, revision). The function
-//! `cairn_lock_streams` takes the per-stream write locks.
+//! stream (its lifecycle and retention; its last revision is that of its last event);
+//! `cairn_events` one row per event, keyed by position, unique by event id and by (stream,
+//! revision). The functions `cairn_append_stream` and `cairn_append` write appends (one
+//! round trip each), `cairn_lock_streams` takes the per-stream write locks for lifecycle
+//! changes, and `cairn_read_all` reads a page of `$all` with its release horizon.
 //!
 //! # Gap safety: positions from transaction ids
 //!

@@ -4,8 +4,10 @@
 //! - Writers of this process bump the counter after they commit, and ask the **notifier**
 //!   task to send one `NOTIFY` on [`CHANNEL`]. The notify is sent after the commit, in its
 //!   own statement, because a `NOTIFY` inside a transaction takes a cluster-wide lock at
-//!   commit, which would make every append wait for the others. Requests that pile up while
-//!   one `NOTIFY` is on its way, or in the short pause after it, collapse into the next one.
+//!   commit, which would make every append wait for the others; and it commits without
+//!   waiting for a flush (`synchronous_commit` off for that transaction alone), being only
+//!   a hint. Requests that pile up while one `NOTIFY` is on its way, or in the short pause
+//!   after it, collapse into the next one.
 //! - The **listener** task holds its own connection, `LISTEN`s on [`CHANNEL`] and bumps the
 //!   counter for every notification. When its connection drops it reconnects (with
 //!   backoff) and bumps the counter, since notifications sent meanwhile are lost.
@@ -37,6 +39,12 @@ pub const CHANNEL: &str = "cairn_events";
 /// (those of this process are woken directly).
 const NOTIFY_SPACING: Duration = Duration::from_millis(2);
 
+/// One notification, in a transaction of its own that does not wait for its commit to be
+/// flushed: a notification is a hint (a lost one costs a subscriber one poll interval), so
+/// it need not hold a connection, and the cluster-wide notification lock, through a disk
+/// flush.
+const NOTIFY: &str = "SELECT set_config('synchronous_commit', 'off', true), pg_notify($1, '')";
+
 /// The longest the listener waits between reconnection attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
@@ -45,9 +53,7 @@ pub(crate) fn spawn_notifier(pool: PgPool, requests: Arc<Notify>) -> JoinHandle<
     tokio::spawn(async move {
         loop {
             requests.notified().await;
-            let sent = pool
-                .execute(sqlx::query("SELECT pg_notify($1, '')").bind(CHANNEL))
-                .await;
+            let sent = pool.execute(sqlx::query(NOTIFY).bind(CHANNEL)).await;
             if let Err(error) = sent {
                 // Subscribers elsewhere fall back to polling; nothing is lost.
                 tracing::debug!(%error, "could not send a commit notification");

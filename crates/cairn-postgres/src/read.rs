@@ -12,10 +12,19 @@
 //! **Settling.** Events committed above the horizon (their transaction ended, an older one
 //! has not) are held back. So that a read still sees everything committed before it began
 //! (an acknowledged append is readable at once, and `end` means nothing committed lies
-//! beyond), `$all` reads and [`head_position`] first **settle**: they note the highest
-//! committed position and wait until the horizon passes its transaction, which only
-//! waits for transactions that started before that one committed.
+//! beyond), `$all` reads and [`head_position`] **settle**: they note the highest committed
+//! position and wait until the horizon passes its transaction, which only waits for
+//! transactions that started before that one committed. A page of `$all` is one call of the
+//! schema's `cairn_read_all`, which returns the horizon and the highest committed position
+//! with the page, so a read settles (and reads again) only when held-back events belong in
+//! its page; a full forwards page never waits. The wait polls the horizon on the read's
+//! own connection, woken early by this process's commits.
+//!
+//! `cairn_read_all` fixes the plan of a page (the primary key in position order, stopping
+//! at the limit) with planner settings of its own: a page costs the same however large the
+//! log, even when the table's statistics are missing or stale.
 
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use cairn_core::{
@@ -24,8 +33,8 @@ use cairn_core::{
     StreamName, StreamPage, StreamState, Timestamp, Uuid, page_limit,
 };
 use futures::TryStreamExt;
-use sqlx::Row;
 use sqlx::postgres::PgRow;
+use sqlx::{PgConnection, Row};
 
 use crate::append::{LIVE, RANK_BITS, SOFT_DELETED, TOMBSTONED, to_position, to_revision};
 use crate::store::PgStore;
@@ -47,6 +56,10 @@ const VISIBLE: &str = "
 const EVENT_COLUMNS: &str = "e.position, s.name, e.revision, e.id, e.event_type, \
                              e.content_type, e.metadata, e.payload, e.recorded_us";
 
+/// One page of `$all` with the horizon and the highest committed position of its snapshot
+/// (see `cairn_read_all` in the schema).
+const READ_ALL: &str = "SELECT * FROM cairn_read_all($1, $2, $3, $4, $5, $6)";
+
 const SETTLE: &str = "
     SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint,
            (SELECT max(position) FROM cairn_events)";
@@ -64,31 +77,6 @@ const LIST_STREAMS: &str = "
     FROM cairn_streams s
     WHERE $1::text IS NULL OR s.name > $1
     ORDER BY s.name LIMIT $2";
-
-/// The SQL of a forwards or backwards `$all` page: `$1` the position to start from, `$2`
-/// the limit, `$3`..`$5` the filter. The first column is the horizon, the rest the event
-/// (NULL when the page is empty).
-fn all_page_sql(direction: Direction) -> String {
-    let (bound, order) = match direction {
-        Direction::Forwards => ("e.position >= $1", "ASC"),
-        Direction::Backwards => ("e.position <= $1", "DESC"),
-    };
-    format!(
-        "WITH h AS (
-             SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint << {RANK_BITS} AS horizon
-         )
-         SELECT h.horizon, p.* FROM h LEFT JOIN LATERAL (
-             SELECT {EVENT_COLUMNS}
-             FROM cairn_events e JOIN cairn_streams s ON s.id = e.stream_id
-             WHERE {bound} AND e.position < h.horizon AND {VISIBLE}
-               AND ($3::text IS NULL OR starts_with(s.name, $3))
-               AND ($4::text IS NULL OR s.category = $4)
-               AND (cardinality($5::text[]) = 0 OR e.event_type = ANY($5))
-             ORDER BY e.position {order}
-             LIMIT $2
-         ) p ON true"
-    )
-}
 
 /// The SQL of a stream page: `$1` the stream, `$2` the revision to start from, `$3` the
 /// limit. The first column is the stream's lifecycle, the rest the event (NULL when none).
@@ -153,31 +141,150 @@ pub(crate) async fn read_stream(
 }
 
 /// Reads one page of `$all`.
+///
+/// One query reads the page below the release horizon together with the highest position
+/// committed (`top`). Only when committed events are held back (`top` at or above the
+/// horizon) and they belong in this page (a forwards page that is not full, a backwards
+/// page starting above the horizon) does it wait for the horizon to pass `top` and read
+/// again: then everything committed before the call is below the new horizon.
+///
+/// A live subscription's reads (`PgStore::live` set) do not wait when the page holds
+/// released events: they hand those out at once, and the subscription's next read (which
+/// starts at the horizon, so nothing is skipped) waits for the rest. Its first read to
+/// reach the end always waits, so `CaughtUp` still follows every event committed before.
 pub(crate) async fn read_all(store: &PgStore, request: &ReadAll) -> Result<AllPage, ReadError> {
     let limit = page_limit(request.limit);
-    settle(store).await?;
     let from = match (request.direction, request.from) {
         (_, Some(position)) => clamp(position.0),
         (Direction::Forwards, None) => 0,
         (Direction::Backwards, None) => i64::MAX,
     };
-    let sql = all_page_sql(request.direction);
+    // One connection for the page, the wait and the second read: were it returned to the
+    // pool in between, each step would queue again behind appends waiting for one.
+    let mut conn = store
+        .inner
+        .pool
+        .acquire()
+        .await
+        .map_err(|error| store.storage("reading $all", error))?;
+    let mut settled = false;
+    loop {
+        let page = read_all_page(store, &mut conn, request, from, limit).await?;
+        let held_back = page.top.filter(|top| *top >= page.horizon);
+        let relevant = match request.direction {
+            Direction::Forwards => !page.full,
+            Direction::Backwards => from >= page.horizon,
+        };
+        let live = store
+            .live
+            .as_deref()
+            .filter(|_| request.direction == Direction::Forwards);
+        match held_back {
+            Some(_)
+                if relevant
+                    && !page.events.is_empty()
+                    && live.is_some_and(|live| live.load(Ordering::Relaxed)) =>
+            {
+                return Ok(page.into_all_page(request.direction, from));
+            }
+            Some(top) if relevant && !settled => {
+                wait_for_horizon(
+                    store,
+                    &mut conn,
+                    top >> RANK_BITS,
+                    page.horizon >> RANK_BITS,
+                )
+                .await?;
+                settled = true;
+            }
+            _ => {
+                if let Some(live) = live
+                    && !page.full
+                {
+                    live.store(true, Ordering::Relaxed);
+                }
+                return Ok(page.into_all_page(request.direction, from));
+            }
+        }
+    }
+}
+
+/// One page of `$all` as read, before the caller decides whether to settle.
+struct RawAllPage {
+    events: Vec<RecordedEvent>,
+    /// The release horizon of the page's snapshot, as a position.
+    horizon: i64,
+    /// The highest position committed in that snapshot, released or not.
+    top: Option<i64>,
+    /// Whether the page ended at its limit (in events or bytes) rather than at the horizon.
+    full: bool,
+}
+
+impl RawAllPage {
+    fn into_all_page(self, direction: Direction, from: i64) -> AllPage {
+        let Self {
+            events,
+            horizon,
+            full,
+            ..
+        } = self;
+        match direction {
+            Direction::Forwards => {
+                let next = match events.last() {
+                    Some(last) if full => last.position.next(),
+                    _ => to_position(horizon.max(from)),
+                };
+                AllPage {
+                    events,
+                    next: Some(next),
+                    end: !full,
+                }
+            }
+            Direction::Backwards => {
+                let next = if full {
+                    events
+                        .last()
+                        .and_then(|last| last.position.0.checked_sub(1))
+                        .map(Position)
+                } else {
+                    None
+                };
+                AllPage {
+                    events,
+                    end: next.is_none(),
+                    next,
+                }
+            }
+        }
+    }
+}
+
+async fn read_all_page(
+    store: &PgStore,
+    conn: &mut PgConnection,
+    request: &ReadAll,
+    from: i64,
+    limit: usize,
+) -> Result<RawAllPage, ReadError> {
     let filter = &request.filter;
-    let mut rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+    let mut rows = sqlx::query(READ_ALL)
         .bind(from)
         .bind(limit as i64)
+        .bind(request.direction == Direction::Backwards)
         .bind(filter.stream_prefix.as_deref())
         .bind(filter.category.as_deref())
         .bind(&filter.event_types)
-        .fetch(&store.inner.pool);
+        .fetch(&mut *conn);
     let failed = |error| ReadError::Storage(store.storage("reading $all", error));
     let mut events = Vec::new();
     let mut bytes = 0usize;
     let mut horizon = 0i64;
+    let mut top = None;
     let mut cut_short = false;
     while let Some(row) = rows.try_next().await.map_err(failed)? {
         horizon = row.try_get(0).map_err(failed)?;
-        let Some(event) = event_from(store, &row, 1)? else {
+        top = row.try_get(1).map_err(failed)?;
+        let Some(event) = event_from(store, &row, 2)? else {
             break;
         };
         bytes += event.payload.len();
@@ -189,54 +296,46 @@ pub(crate) async fn read_all(store: &PgStore, request: &ReadAll) -> Result<AllPa
     }
     drop(rows);
     let full = events.len() >= limit || cut_short;
-    match request.direction {
-        Direction::Forwards => {
-            let next = match events.last() {
-                Some(last) if full => last.position.next(),
-                _ => to_position(horizon.max(from)),
-            };
-            Ok(AllPage {
-                events,
-                next: Some(next),
-                end: !full,
-            })
-        }
-        Direction::Backwards => {
-            let next = if full {
-                events
-                    .last()
-                    .and_then(|last| last.position.0.checked_sub(1))
-                    .map(Position)
-            } else {
-                None
-            };
-            Ok(AllPage {
-                events,
-                end: next.is_none(),
-                next,
-            })
-        }
-    }
+    Ok(RawAllPage {
+        events,
+        horizon,
+        top,
+        full,
+    })
 }
 
 /// The position of the last event committed, once it is released to readers.
 pub(crate) async fn head_position(store: &PgStore) -> Result<Option<Position>, ReadError> {
-    Ok(settle(store).await?.map(to_position))
-}
-
-/// Waits until every event committed when it was called is below the release horizon;
-/// returns the highest position committed then.
-async fn settle(store: &PgStore) -> Result<Option<i64>, StorageError> {
-    let pool = &store.inner.pool;
     let failed = |error| store.storage("reading the release horizon", error);
-    let (mut horizon, top): (i64, Option<i64>) = sqlx::query_as(SETTLE)
-        .fetch_one(pool)
+    let mut conn = store.inner.pool.acquire().await.map_err(failed)?;
+    let (horizon, top): (i64, Option<i64>) = sqlx::query_as(SETTLE)
+        .fetch_one(&mut *conn)
         .await
         .map_err(failed)?;
     let Some(top) = top else {
         return Ok(None);
     };
-    let target = top >> RANK_BITS;
+    wait_for_horizon(store, &mut conn, top >> RANK_BITS, horizon).await?;
+    Ok(Some(to_position(top)))
+}
+
+/// Waits until the release horizon passes transaction `target`, given the horizon last
+/// seen (`horizon`, a transaction id): until every transaction that started before
+/// `target` committed has ended.
+///
+/// It polls the horizon, sooner when this process committed something (the transaction
+/// holding the horizon back is most often one of its own appends), at the latest after a
+/// pause that grows from 0.2 to 5 ms, for at most [`release_timeout`].
+///
+/// [`release_timeout`]: crate::PgOptions::release_timeout
+async fn wait_for_horizon(
+    store: &PgStore,
+    conn: &mut PgConnection,
+    target: i64,
+    mut horizon: i64,
+) -> Result<(), StorageError> {
+    let failed = |error| store.storage("reading the release horizon", error);
+    let mut commits = store.inner.changes.subscribe();
     let started = Instant::now();
     let mut pause = Duration::from_micros(200);
     while horizon <= target {
@@ -244,20 +343,26 @@ async fn settle(store: &PgStore) -> Result<Option<i64>, StorageError> {
             return Err(StorageError::new(
                 StorageErrorKind::Unavailable,
                 format!(
-                    "events committed at position {top} are held back: transaction {horizon}, \
-                     which started before them, has been running for longer than {:?}",
+                    "events committed by transaction {target} are held back: transaction \
+                     {horizon}, which started before them, has been running for longer than \
+                     {:?}",
                     store.inner.options.release_timeout
                 ),
             ));
         }
-        tokio::time::sleep(pause).await;
-        pause = (pause * 2).min(Duration::from_millis(5));
+        tokio::select! {
+            // The sender lives as long as the store; a closed channel only ends the wait.
+            _ = commits.changed() => {}
+            () = tokio::time::sleep(pause) => {
+                pause = (pause * 2).min(Duration::from_millis(5));
+            }
+        }
         horizon = sqlx::query_scalar(HORIZON)
-            .fetch_one(pool)
+            .fetch_one(&mut *conn)
             .await
             .map_err(failed)?;
     }
-    Ok(Some(top))
+    Ok(())
 }
 
 /// What the store knows about one stream.

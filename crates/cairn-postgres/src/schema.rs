@@ -28,10 +28,20 @@ const MIGRATIONS: &[Migration] = &[
         name: "outbox, inbox and checkpoints",
         sql: include_str!("../migrations/0002_outbox_inbox_checkpoints.sql"),
     },
+    Migration {
+        version: 3,
+        name: "$all pages",
+        sql: include_str!("../migrations/0003_read_all.sql"),
+    },
+    Migration {
+        version: 4,
+        name: "one-stream appends",
+        sql: include_str!("../migrations/0004_append_stream.sql"),
+    },
 ];
 
 /// The schema version this build creates and understands.
-pub const SCHEMA_VERSION: i32 = 2;
+pub const SCHEMA_VERSION: i32 = 4;
 
 /// The advisory lock key that serializes migrators of one database ("cairnmig").
 const MIGRATION_LOCK: i64 = 0x6361_6972_6e6d_6967;

@@ -3,6 +3,7 @@
 
 use std::future::Future;
 use std::str::FromStr;
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -39,6 +40,11 @@ pub struct PgStore {
     /// Whether reads retry failures a reconnect may cure (set on the handles that
     /// subscriptions read through, so that they survive a dropped connection).
     retry_reads: bool,
+    /// Set on the handle a subscription to `$all` reads through, once one of its reads
+    /// reached the end with nothing held back (the subscription is live): from then on a
+    /// read that finds released events returns them without waiting for held-back ones
+    /// (see `read::read_all`). Written and read by that subscription's reads only.
+    pub(crate) live: Option<Arc<AtomicBool>>,
 }
 
 pub(crate) struct Inner {
@@ -47,8 +53,9 @@ pub(crate) struct Inner {
     /// The connection string without its password, for messages.
     url: String,
     /// Bumped after every commit of this process and on every notification; live
-    /// subscriptions wait on it. Written by writers and the listener task.
-    changes: watch::Sender<u64>,
+    /// subscriptions wait on it, and so do `$all` reads waiting for the release horizon.
+    /// Written by writers and the listener task.
+    pub(crate) changes: watch::Sender<u64>,
     /// Asks the notifier task to send a `NOTIFY`; written by writers after commit.
     notify_requests: Arc<Notify>,
     /// The listener and notifier, aborted when the last handle drops.
@@ -175,6 +182,7 @@ impl PgStore {
                 tasks: Mutex::new(tasks),
             }),
             retry_reads: false,
+            live: None,
         })
     }
 
@@ -268,11 +276,12 @@ impl PgStore {
         }
     }
 
-    /// A handle whose reads retry failures a reconnect may cure, for subscriptions.
+    /// A handle whose reads retry failures a reconnect may cure, for one subscription.
     fn for_subscriptions(&self) -> Self {
         Self {
             inner: self.inner.clone(),
             retry_reads: true,
+            live: Some(Arc::new(AtomicBool::new(false))),
         }
     }
 

@@ -1,7 +1,7 @@
 //! PostgreSQL-specific behaviour beyond the shared contract: schema migrations, gap safety
-//! of `$all` under concurrent writers, live subscriptions through lost connections, the
-//! tables written in the application's transactions, and faults. Every test runs on a
-//! database of its own.
+//! of `$all` under concurrent writers, the cost of a page of `$all`, live subscriptions
+//! through lost connections, the tables written in the application's transactions, and
+//! faults. Every test runs on a database of its own.
 
 #[path = "../support/mod.rs"]
 mod support;
@@ -9,5 +9,6 @@ mod support;
 mod faults;
 mod gaps;
 mod live;
+mod reads;
 mod schema;
 mod tables;
