@@ -7,7 +7,7 @@ use std::ops::ControlFlow;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use cairn_core::{Position, RecordedEvent, StorageError, StorageErrorKind, StreamName};
 
 use crate::format::{
@@ -95,7 +95,12 @@ impl<'a> LogReader<'a> {
             return Err(self.corrupt(at, FormatError::Truncated));
         }
         let read_len = (len.max(chunk) as u64).min(limit - at) as usize;
-        let mut buf = vec![0u8; read_len];
+        let scanning = chunk >= SCAN_CHUNK;
+        let mut buf = if scanning {
+            self.segments.scan_buffer(read_len)
+        } else {
+            BytesMut::zeroed(read_len)
+        };
         let base = self.segments.base_of(at);
         let io_error = |source| ScanError::Io {
             path: self.segments.path(base),
@@ -116,7 +121,10 @@ impl<'a> LogReader<'a> {
             }
         };
         file.read_exact_at(&mut buf, at - base).map_err(io_error)?;
-        self.chunk = Bytes::from(buf);
+        let done = std::mem::replace(&mut self.chunk, buf.freeze());
+        if scanning {
+            self.segments.return_scan_buffer(done, SCAN_CHUNK);
+        }
         self.chunk_start = at;
         Ok(0)
     }
@@ -202,6 +210,13 @@ impl<'a> LogReader<'a> {
             Record::Removed { .. } => Ok(None),
             _ => Err(self.corrupt(position, FormatError::Kind(0))),
         }
+    }
+}
+
+impl Drop for LogReader<'_> {
+    fn drop(&mut self) {
+        let chunk = std::mem::take(&mut self.chunk);
+        self.segments.return_scan_buffer(chunk, SCAN_CHUNK);
     }
 }
 

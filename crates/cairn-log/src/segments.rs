@@ -9,6 +9,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
+use bytes::{Bytes, BytesMut};
+
 use crate::format::{SEGMENT_HEADER_LEN, encode_segment_header};
 use crate::storage::{OpenMode, Storage, StorageFile};
 
@@ -45,6 +47,8 @@ const TEMP_SUFFIX: &str = ".seg.tmp";
 const ZEROING_SUFFIX: &str = ".seg.zeroing";
 /// A segment being rewritten by a scavenge.
 const SCAVENGE_SUFFIX: &str = ".seg.scavenge";
+/// How many scan buffers readers leave for later scans, at most.
+const SPARE_BUFFERS: usize = 8;
 /// How much the zero-filler writes (and flushes) at a time.
 const ZERO_STEP: usize = 1 << 20;
 /// How much sooner than the writer needs it zero-filling must be expected to finish.
@@ -65,6 +69,8 @@ pub(crate) struct Segments {
     /// How fast the last zero-filling went, in bytes per second (0 before any). Written
     /// and read by the preallocator only.
     zero_rate: AtomicU64,
+    /// Scan buffers readers are done with, for the next scans (see [`Segments::scan_buffer`]).
+    spare_buffers: Mutex<Vec<Bytes>>,
 }
 
 impl Segments {
@@ -82,6 +88,7 @@ impl Segments {
             files: RwLock::new(BTreeMap::new()),
             creating: Mutex::new(()),
             zero_rate: AtomicU64::new(0),
+            spare_buffers: Mutex::new(Vec::new()),
         }
     }
 
@@ -250,6 +257,50 @@ impl Segments {
         let file = self.storage.open(&path, OpenMode::ReadWrite)?;
         self.insert(base, Arc::clone(&file));
         Ok(file)
+    }
+
+    /// A buffer of `len` bytes to read a scan chunk into: a spare one no reader shares any
+    /// more when there is one (its old contents are about to be overwritten), else a new
+    /// one. Reusing them spares a large allocation, its page faults and the zeroing of
+    /// every chunk of a long scan.
+    pub(crate) fn scan_buffer(&self, len: usize) -> BytesMut {
+        let mut spares = self
+            .spare_buffers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let mut at = spares.len();
+        while at > 0 {
+            at -= 1;
+            let fits = spares
+                .get(at)
+                .is_some_and(|b| b.len() >= len && b.is_unique());
+            if fits {
+                let spare = spares.swap_remove(at);
+                drop(spares);
+                if let Ok(mut buf) = spare.try_into_mut() {
+                    buf.truncate(len);
+                    return buf;
+                }
+                break;
+            }
+        }
+        BytesMut::zeroed(len)
+    }
+
+    /// Takes back a scan buffer a reader is done with (events may still share it; it is
+    /// reused once they are gone). Only buffers of about a scan chunk are kept, a few.
+    pub(crate) fn return_scan_buffer(&self, buffer: Bytes, chunk: usize) {
+        if buffer.len() < chunk / 2 || buffer.len() > chunk * 2 {
+            return;
+        }
+        let mut spares = self
+            .spare_buffers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if spares.len() >= SPARE_BUFFERS {
+            spares.remove(0);
+        }
+        spares.push(buffer);
     }
 
     /// Reads exactly `buf.len()` bytes at global offset `offset`, which must not cross the
