@@ -5,7 +5,10 @@
 //! The consumer calls the service in delivery order, one `call` after another, and keeps up
 //! to [`ConsumerOptions::max_in_flight`] calls running at once; it does not spawn a task
 //! per message. A service that is not ready (the ordered-concurrency middleware at its
-//! limit, say) stops intake until it is.
+//! limit, say) stops intake until it is. Deliveries already waiting in the stream are
+//! started in one go, up to 64 per turn of the loop, before the consumer looks at
+//! cancellation and finished calls again; a call that finishes on its first poll is
+//! answered at once (without a future, when the transport can ack without waiting).
 //!
 //! # Shutdown
 //!
@@ -18,7 +21,7 @@
 
 use std::future::poll_fn;
 use std::sync::Arc;
-use std::task::Poll;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
@@ -29,7 +32,9 @@ use tower::Service;
 
 use crate::handler::{HandlerError, Incoming};
 use crate::metrics::BusMetrics;
-use crate::transport::{Acknowledge, Deliveries, Subscriber, SubscriptionSpec, TransportError};
+use crate::transport::{
+    Acknowledge, Deliveries, Delivery, Subscriber, SubscriptionSpec, TransportError,
+};
 
 /// How a [`Consumer`] runs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -188,13 +193,17 @@ where
         let mut lag_tick = tokio::time::interval(lag_every.max(Duration::from_millis(10)));
         lag_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut sampling: Option<BoxFuture<'static, ()>> = None;
+        // Made once: a cancellation future made afresh for every turn of the loop would
+        // register with the token and deregister again for every message.
+        let cancelled = cancel.cancelled();
+        tokio::pin!(cancelled);
         loop {
             if ended && run.running.is_empty() {
                 break;
             }
             tokio::select! {
                 biased;
-                () = cancel.cancelled() => break,
+                () = &mut cancelled => break,
                 _ = lag_tick.tick(), if self.lag.is_some() && sampling.is_none() => {
                     sampling = self.lag.as_ref().map(LagProbe::sample);
                 }
@@ -230,10 +239,24 @@ where
                         }
                         Some(Ok(delivery)) => {
                             ready = false;
-                            let (topic, message, attempt, acknowledge) = delivery.into_parts();
-                            let incoming = Incoming { topic, message, attempt };
-                            let call = self.service.call(incoming);
-                            run.start(acknowledge, call).await;
+                            let service = &mut self.service;
+                            let mut delivery = Some(delivery);
+                            let intake = poll_fn(|cx| {
+                                if let Some(delivery) = delivery.take() {
+                                    run.start(cx, service, delivery);
+                                }
+                                Poll::Ready(intake(cx, service, &mut deliveries, &mut run, max_in_flight))
+                            })
+                            .await;
+                            match intake {
+                                Intake::Waiting => {}
+                                Intake::Ready => ready = true,
+                                Intake::Ended => ended = true,
+                                Intake::Failed(error) => {
+                                    failure = Some(error);
+                                    break;
+                                }
+                            }
                         }
                     }
                 }
@@ -249,6 +272,58 @@ where
             }),
         }
     }
+}
+
+/// How many deliveries one turn of the consumer's loop starts at most before it looks at
+/// cancellation, finished calls and answers again.
+const INTAKE_BATCH: usize = 64;
+
+/// Where [`intake`] stopped.
+enum Intake {
+    /// The service is not ready (or `max_in_flight` calls run, or the batch is done).
+    Waiting,
+    /// The service is ready; no delivery is there yet.
+    Ready,
+    /// The delivery stream ended.
+    Ended,
+    /// The service's readiness failed.
+    Failed(HandlerError),
+}
+
+/// Starts the calls of the deliveries already waiting in the stream, up to
+/// [`INTAKE_BATCH`], while the service is ready and fewer than `max_in_flight` calls run,
+/// in delivery order; `cx` is registered wherever it stops.
+fn intake<S>(
+    cx: &mut Context<'_>,
+    service: &mut S,
+    deliveries: &mut Deliveries,
+    run: &mut Run,
+    max_in_flight: usize,
+) -> Intake
+where
+    S: Service<Incoming, Response = (), Error = HandlerError>,
+    S::Future: Send + 'static,
+{
+    for _ in 0..INTAKE_BATCH {
+        if run.running.len() >= max_in_flight {
+            return Intake::Waiting;
+        }
+        match service.poll_ready(cx) {
+            Poll::Pending => return Intake::Waiting,
+            Poll::Ready(Err(error)) => return Intake::Failed(error),
+            Poll::Ready(Ok(())) => {}
+        }
+        match deliveries.poll_next_unpin(cx) {
+            Poll::Pending => return Intake::Ready,
+            Poll::Ready(None) => return Intake::Ended,
+            Poll::Ready(Some(Err(error))) => {
+                tracing::warn!(%error, code = error.code(), "the delivery stream reported an error");
+                run.summary.transport_errors += 1;
+            }
+            Poll::Ready(Some(Ok(delivery))) => run.start(cx, service, delivery),
+        }
+    }
+    Intake::Waiting
 }
 
 type Answer = BoxFuture<'static, Result<(), TransportError>>;
@@ -277,27 +352,37 @@ impl Run {
         }
     }
 
-    /// Starts a call; a call that finishes on its first poll is answered at once.
-    async fn start<F>(&mut self, acknowledge: Box<dyn Acknowledge>, call: F)
+    /// Calls `service` with `delivery` and polls the call once: a call that finishes then
+    /// is answered at once, the others run on in `running`.
+    fn start<S>(&mut self, cx: &mut Context<'_>, service: &mut S, delivery: Delivery)
     where
-        F: Future<Output = Result<(), HandlerError>> + Send + 'static,
+        S: Service<Incoming, Response = (), Error = HandlerError>,
+        S::Future: Send + 'static,
     {
-        let mut call = Box::pin(call);
-        if let Poll::Ready(outcome) = futures::poll!(call.as_mut()) {
-            self.answer(acknowledge, outcome);
-            return;
+        let (topic, message, attempt, acknowledge) = delivery.into_parts();
+        let call = service.call(Incoming {
+            topic,
+            message,
+            attempt,
+        });
+        let slot = self.free.pop().unwrap_or_else(|| {
+            self.slots.push(None);
+            self.slots.len() - 1
+        });
+        // One allocation per call: the call and its slot, boxed together.
+        let mut running: Running = async move { (slot, call.await) }.boxed();
+        match running.as_mut().poll(cx) {
+            Poll::Ready((_, outcome)) => {
+                self.free.push(slot);
+                self.answer(acknowledge, outcome);
+            }
+            Poll::Pending => {
+                if let Some(free) = self.slots.get_mut(slot) {
+                    *free = Some(acknowledge);
+                }
+                self.running.push(running);
+            }
         }
-        let slot = match self.free.pop() {
-            Some(slot) => {
-                self.slots[slot] = Some(acknowledge);
-                slot
-            }
-            None => {
-                self.slots.push(Some(acknowledge));
-                self.slots.len() - 1
-            }
-        };
-        self.running.push(async move { (slot, call.await) }.boxed());
     }
 
     fn finish(&mut self, slot: usize, outcome: Result<(), HandlerError>) {
@@ -308,10 +393,14 @@ impl Run {
         self.answer(acknowledge, outcome);
     }
 
-    fn answer(&mut self, acknowledge: Box<dyn Acknowledge>, outcome: Result<(), HandlerError>) {
+    fn answer(&mut self, mut acknowledge: Box<dyn Acknowledge>, outcome: Result<(), HandlerError>) {
         let mut answer = match outcome {
             Ok(()) => {
                 self.summary.handled += 1;
+                if let Some(answered) = acknowledge.ack_now() {
+                    self.answered(answered);
+                    return;
+                }
                 acknowledge.ack()
             }
             Err(error) => {
