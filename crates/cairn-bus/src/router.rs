@@ -42,6 +42,7 @@ use serde::de::DeserializeOwned;
 use tower::Service;
 
 use crate::handler::{HandlerError, Incoming};
+use crate::hash::KeyedHash;
 
 type Route = Arc<dyn Fn(Incoming) -> BoxFuture<'static, Result<(), HandlerError>> + Send + Sync>;
 
@@ -51,8 +52,8 @@ type Route = Arc<dyn Fn(Incoming) -> BoxFuture<'static, Result<(), HandlerError>
 /// Cheap to clone: the routes are shared.
 #[derive(Clone, Default)]
 pub struct Router {
-    by_type: Arc<HashMap<String, Route>>,
-    by_topic: Arc<HashMap<String, Route>>,
+    by_type: Arc<HashMap<String, Route, KeyedHash>>,
+    by_topic: Arc<HashMap<String, Route, KeyedHash>>,
     fallback: Option<Route>,
 }
 

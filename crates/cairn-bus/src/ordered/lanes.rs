@@ -15,6 +15,7 @@ use std::task::{Context, Poll};
 
 use tokio::sync::{OwnedSemaphorePermit, oneshot};
 
+use crate::hash::KeyedHash;
 use crate::message::Message;
 
 /// A key of the table: the message that opened the lane, compared and hashed by its
@@ -57,7 +58,7 @@ struct Lane {
 
 #[derive(Debug, Default)]
 struct Table {
-    lanes: HashMap<LaneKey, Lane>,
+    lanes: HashMap<LaneKey, Lane, KeyedHash>,
     next_ticket: u64,
 }
 
