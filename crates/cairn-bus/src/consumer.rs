@@ -20,6 +20,7 @@
 //! acknowledged.
 
 use std::future::poll_fn;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -182,7 +183,7 @@ where
         cancel: CancellationToken,
     ) -> Result<ConsumerSummary, ConsumerError> {
         let max_in_flight = self.options.max_in_flight.max(1);
-        let mut run = Run::new(self.options.redelivery_delay);
+        let mut run = Run::<S::Future>::new(self.options.redelivery_delay);
         let mut ready = false;
         let mut ended = false;
         let mut failure = None;
@@ -297,7 +298,7 @@ fn intake<S>(
     cx: &mut Context<'_>,
     service: &mut S,
     deliveries: &mut Deliveries,
-    run: &mut Run,
+    run: &mut Run<S::Future>,
     max_in_flight: usize,
 ) -> Intake
 where
@@ -327,24 +328,54 @@ where
 }
 
 type Answer = BoxFuture<'static, Result<(), TransportError>>;
-type Running = BoxFuture<'static, (usize, Result<(), HandlerError>)>;
+
+/// A call still running after its first poll, in the box it was first polled in, with the
+/// slot of its answer.
+struct Running<F> {
+    slot: usize,
+    call: Pin<Box<Option<F>>>,
+}
+
+impl<F> Future for Running<F>
+where
+    F: Future<Output = Result<(), HandlerError>>,
+{
+    type Output = (usize, Result<(), HandlerError>);
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        match this.call.as_mut().as_pin_mut() {
+            Some(call) => call.poll(cx).map(|outcome| (this.slot, outcome)),
+            // A running call always holds its future.
+            None => Poll::Pending,
+        }
+    }
+}
 
 /// The state of one run: the deliveries in flight, their calls and pending answers.
-struct Run {
+struct Run<F> {
     /// The answers of the deliveries in flight, by slot; `None` marks a free slot.
     slots: Vec<Option<Box<dyn Acknowledge>>>,
     free: Vec<usize>,
-    running: FuturesUnordered<Running>,
+    /// Where each call is first polled; a call that finishes there leaves it for the next,
+    /// so a call that finishes at once allocates nothing. One that does not moves on to
+    /// `running` in it, and a new one is made.
+    nursery: Pin<Box<Option<F>>>,
+    running: FuturesUnordered<Running<F>>,
     answers: FuturesUnordered<Answer>,
     redelivery_delay: Option<Duration>,
     summary: ConsumerSummary,
 }
 
-impl Run {
+impl<F> Run<F>
+where
+    F: Future<Output = Result<(), HandlerError>> + Send + 'static,
+{
     fn new(redelivery_delay: Option<Duration>) -> Self {
         Self {
             slots: Vec::new(),
             free: Vec::new(),
+            nursery: Box::pin(None),
             running: FuturesUnordered::new(),
             answers: FuturesUnordered::new(),
             redelivery_delay,
@@ -356,31 +387,33 @@ impl Run {
     /// is answered at once, the others run on in `running`.
     fn start<S>(&mut self, cx: &mut Context<'_>, service: &mut S, delivery: Delivery)
     where
-        S: Service<Incoming, Response = (), Error = HandlerError>,
-        S::Future: Send + 'static,
+        S: Service<Incoming, Response = (), Error = HandlerError, Future = F>,
     {
         let (topic, message, attempt, acknowledge) = delivery.into_parts();
-        let call = service.call(Incoming {
+        self.nursery.set(Some(service.call(Incoming {
             topic,
             message,
             attempt,
-        });
-        let slot = self.free.pop().unwrap_or_else(|| {
-            self.slots.push(None);
-            self.slots.len() - 1
-        });
-        // One allocation per call: the call and its slot, boxed together.
-        let mut running: Running = async move { (slot, call.await) }.boxed();
-        match running.as_mut().poll(cx) {
-            Poll::Ready((_, outcome)) => {
-                self.free.push(slot);
+        })));
+        let polled = match self.nursery.as_mut().as_pin_mut() {
+            Some(call) => call.poll(cx),
+            None => Poll::Pending,
+        };
+        match polled {
+            Poll::Ready(outcome) => {
+                self.nursery.set(None);
                 self.answer(acknowledge, outcome);
             }
             Poll::Pending => {
+                let slot = self.free.pop().unwrap_or_else(|| {
+                    self.slots.push(None);
+                    self.slots.len() - 1
+                });
                 if let Some(free) = self.slots.get_mut(slot) {
                     *free = Some(acknowledge);
                 }
-                self.running.push(running);
+                let call = std::mem::replace(&mut self.nursery, Box::pin(None));
+                self.running.push(Running { slot, call });
             }
         }
     }
