@@ -66,8 +66,8 @@ pub trait ImmediateInbox: Send + Sync {
 /// newer ids were recorded for its consumer. Ids are forgotten a generation (a quarter of
 /// the window, rounded up) at a time, so an id older than the window may still be
 /// recognized for a while; once [`forgets_after`](Self::forgets_after) newer ids were
-/// recorded (the window plus less than a generation) it is forgotten, and a duplicate of it
-/// runs again. Nothing survives a restart. Size the window above the number of messages
+/// recorded (the window plus less than two generations; less than one when 4 divides the
+/// window, as it does the default) it is forgotten, and a duplicate of it runs again. Nothing survives a restart. Size the window above the number of messages
 /// the broker may redeliver late (its de-dup window, or its unacknowledged backlog). Each
 /// remembered id costs about 40 bytes, so the default window of 1,000,000 ids takes 40 to
 /// 50 MB per consumer.
@@ -102,6 +102,10 @@ pub struct MemoryInbox {
 /// Full generations kept at most besides the one filling, so that a generation is a
 /// quarter of the window.
 const GENERATIONS: usize = 4;
+
+/// The table size from which a window grows straight to the most it can hold; smaller
+/// tables double as usual, so that a quiet consumer stays small.
+const GROW_TO_FULL_FROM: usize = 1 << 16;
 
 /// One consumer's remembered ids, each with the generation it was recorded in.
 ///
@@ -149,8 +153,9 @@ impl MemoryInbox {
     }
 
     /// After how many newer ids recorded for its consumer an id is forgotten at the
-    /// latest: the window plus less than a generation (a quarter of the window, rounded
-    /// up); exactly the window for windows of up to 4 ids.
+    /// latest: the window plus less than two generations (a generation is a quarter of the
+    /// window, rounded up), less than one when 4 divides the window (1,249,999 for the
+    /// default), and exactly the window for windows of up to 4 ids.
     pub fn forgets_after(&self) -> usize {
         self.generation * self.kept as usize + self.generation - 1
     }
@@ -174,6 +179,13 @@ impl Window {
     /// when the generation fills, starts the next and forgets the one that fell out, so
     /// that `kept` full generations stay.
     fn record(&mut self, id: Uuid, generation: usize, kept: u32) -> bool {
+        if self.ids.len() >= GROW_TO_FULL_FROM && self.ids.len() == self.ids.capacity() {
+            // Past this size, grow once to the most ever kept instead of doubling: each
+            // doubling of a large table moves every id to a random place, a stall of
+            // cache misses in the middle of the traffic.
+            let most = generation.saturating_mul(kept as usize + 1);
+            self.ids.reserve(most.saturating_sub(self.ids.len()));
+        }
         match self.ids.entry(id) {
             Entry::Occupied(_) => return false,
             Entry::Vacant(vacant) => {

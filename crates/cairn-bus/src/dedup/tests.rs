@@ -280,10 +280,31 @@ fn record_fresh(inbox: &MemoryInbox, consumer: &str, count: usize) -> Vec<Uuid> 
 
 #[test]
 fn an_id_is_remembered_through_its_window_and_forgotten_by_forgets_after() {
-    let window = 1_000;
+    // Small windows, where a generation is one id; a quarter that divides the window and
+    // one that does not; a window whose table grows past the size where it stops doubling.
+    for window in [1, 2, 3, 4, 5, 1_000, 1_001, 100_003] {
+        remembered_through_the_window_and_forgotten_by_forgets_after(window);
+    }
+    assert_eq!(MemoryInbox::new().forgets_after(), 1_249_999);
+}
+
+fn remembered_through_the_window_and_forgotten_by_forgets_after(window: usize) {
     let inbox = MemoryInbox::with_window(window);
-    // A generation is a quarter of the window: forgotten at the latest a generation late.
-    assert_eq!(inbox.forgets_after(), window + window / 4 - 1);
+    // A generation is a quarter of the window, rounded up: an id is forgotten at the
+    // latest less than two generations late, less than one when a quarter divides the
+    // window, and exactly at the window for up to 4 ids.
+    let generation = window.div_ceil(4);
+    assert!(inbox.forgets_after() >= window);
+    assert!(inbox.forgets_after() < window + 2 * generation);
+    if window.is_multiple_of(4) {
+        assert!(inbox.forgets_after() < window + generation);
+    }
+    if window <= 4 {
+        assert_eq!(inbox.forgets_after(), window);
+    }
+    if window == 1_000 {
+        assert_eq!(inbox.forgets_after(), 1_249);
+    }
     // Every id recorded is checked after each number of newer ids, from 0 to past
     // `forgets_after`: remembered while fewer than `window` newer, forgotten from
     // `forgets_after` newer on, whatever its place in its generation.
@@ -293,10 +314,16 @@ fn an_id_is_remembered_through_its_window_and_forgotten_by_forgets_after() {
         let newer = ids.len() - at - 1;
         let remembered = inbox.contains_now("billing", *id).unwrap();
         if newer < window {
-            assert!(remembered, "an id with {newer} newer ones was forgotten");
+            assert!(
+                remembered,
+                "window {window}: an id with {newer} newer ones was forgotten"
+            );
         }
         if newer >= inbox.forgets_after() {
-            assert!(!remembered, "an id with {newer} newer ones is remembered");
+            assert!(
+                !remembered,
+                "window {window}: an id with {newer} newer ones is remembered"
+            );
         }
         if !remembered {
             forgotten_at.push(newer);
