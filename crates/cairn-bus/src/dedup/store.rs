@@ -103,10 +103,6 @@ pub struct MemoryInbox {
 /// quarter of the window.
 const GENERATIONS: usize = 4;
 
-/// The table size from which a window grows straight to the most it can hold; smaller
-/// tables double as usual, so that a quiet consumer stays small.
-const GROW_TO_FULL_FROM: usize = 1 << 16;
-
 /// One consumer's remembered ids, each with the generation it was recorded in.
 ///
 /// Forgetting costs no lookup per id recorded: when a generation fills, one sequential
@@ -179,13 +175,6 @@ impl Window {
     /// when the generation fills, starts the next and forgets the one that fell out, so
     /// that `kept` full generations stay.
     fn record(&mut self, id: Uuid, generation: usize, kept: u32) -> bool {
-        if self.ids.len() >= GROW_TO_FULL_FROM && self.ids.len() == self.ids.capacity() {
-            // Past this size, grow once to the most ever kept instead of doubling: each
-            // doubling of a large table moves every id to a random place, a stall of
-            // cache misses in the middle of the traffic.
-            let most = generation.saturating_mul(kept as usize + 1);
-            self.ids.reserve(most.saturating_sub(self.ids.len()));
-        }
         match self.ids.entry(id) {
             Entry::Occupied(_) => return false,
             Entry::Vacant(vacant) => {
