@@ -5,7 +5,10 @@
 //! The consumer calls the service in delivery order, one `call` after another, and keeps up
 //! to [`ConsumerOptions::max_in_flight`] calls running at once; it does not spawn a task
 //! per message. A service that is not ready (the ordered-concurrency middleware at its
-//! limit, say) stops intake until it is.
+//! limit, say) stops intake until it is. Deliveries already waiting in the stream are
+//! started in one go, up to 64 per turn of the loop, before the consumer looks at
+//! cancellation and finished calls again; a call that finishes on its first poll is
+//! answered at once (without a future, when the transport can ack without waiting).
 //!
 //! # Shutdown
 //!
@@ -17,8 +20,9 @@
 //! acknowledged.
 
 use std::future::poll_fn;
+use std::pin::Pin;
 use std::sync::Arc;
-use std::task::Poll;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
@@ -29,7 +33,9 @@ use tower::Service;
 
 use crate::handler::{HandlerError, Incoming};
 use crate::metrics::BusMetrics;
-use crate::transport::{Acknowledge, Deliveries, Subscriber, SubscriptionSpec, TransportError};
+use crate::transport::{
+    Acknowledge, Deliveries, Delivery, Subscriber, SubscriptionSpec, TransportError,
+};
 
 /// How a [`Consumer`] runs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -177,7 +183,7 @@ where
         cancel: CancellationToken,
     ) -> Result<ConsumerSummary, ConsumerError> {
         let max_in_flight = self.options.max_in_flight.max(1);
-        let mut run = Run::new(self.options.redelivery_delay);
+        let mut run = Run::<S::Future>::new(self.options.redelivery_delay);
         let mut ready = false;
         let mut ended = false;
         let mut failure = None;
@@ -188,13 +194,17 @@ where
         let mut lag_tick = tokio::time::interval(lag_every.max(Duration::from_millis(10)));
         lag_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut sampling: Option<BoxFuture<'static, ()>> = None;
+        // Made once: a cancellation future made afresh for every turn of the loop would
+        // register with the token and deregister again for every message.
+        let cancelled = cancel.cancelled();
+        tokio::pin!(cancelled);
         loop {
             if ended && run.running.is_empty() {
                 break;
             }
             tokio::select! {
                 biased;
-                () = cancel.cancelled() => break,
+                () = &mut cancelled => break,
                 _ = lag_tick.tick(), if self.lag.is_some() && sampling.is_none() => {
                     sampling = self.lag.as_ref().map(LagProbe::sample);
                 }
@@ -230,10 +240,24 @@ where
                         }
                         Some(Ok(delivery)) => {
                             ready = false;
-                            let (topic, message, attempt, acknowledge) = delivery.into_parts();
-                            let incoming = Incoming { topic, message, attempt };
-                            let call = self.service.call(incoming);
-                            run.start(acknowledge, call).await;
+                            let service = &mut self.service;
+                            let mut delivery = Some(delivery);
+                            let intake = poll_fn(|cx| {
+                                if let Some(delivery) = delivery.take() {
+                                    run.start(cx, service, delivery);
+                                }
+                                Poll::Ready(intake(cx, service, &mut deliveries, &mut run, max_in_flight))
+                            })
+                            .await;
+                            match intake {
+                                Intake::Waiting => {}
+                                Intake::Ready => ready = true,
+                                Intake::Ended => ended = true,
+                                Intake::Failed(error) => {
+                                    failure = Some(error);
+                                    break;
+                                }
+                            }
                         }
                     }
                 }
@@ -251,25 +275,107 @@ where
     }
 }
 
+/// How many deliveries one turn of the consumer's loop starts at most before it looks at
+/// cancellation, finished calls and answers again.
+const INTAKE_BATCH: usize = 64;
+
+/// Where [`intake`] stopped.
+enum Intake {
+    /// The service is not ready (or `max_in_flight` calls run, or the batch is done).
+    Waiting,
+    /// The service is ready; no delivery is there yet.
+    Ready,
+    /// The delivery stream ended.
+    Ended,
+    /// The service's readiness failed.
+    Failed(HandlerError),
+}
+
+/// Starts the calls of the deliveries already waiting in the stream, up to
+/// [`INTAKE_BATCH`], while the service is ready and fewer than `max_in_flight` calls run,
+/// in delivery order; `cx` is registered wherever it stops.
+fn intake<S>(
+    cx: &mut Context<'_>,
+    service: &mut S,
+    deliveries: &mut Deliveries,
+    run: &mut Run<S::Future>,
+    max_in_flight: usize,
+) -> Intake
+where
+    S: Service<Incoming, Response = (), Error = HandlerError>,
+    S::Future: Send + 'static,
+{
+    for _ in 0..INTAKE_BATCH {
+        if run.running.len() >= max_in_flight {
+            return Intake::Waiting;
+        }
+        match service.poll_ready(cx) {
+            Poll::Pending => return Intake::Waiting,
+            Poll::Ready(Err(error)) => return Intake::Failed(error),
+            Poll::Ready(Ok(())) => {}
+        }
+        match deliveries.poll_next_unpin(cx) {
+            Poll::Pending => return Intake::Ready,
+            Poll::Ready(None) => return Intake::Ended,
+            Poll::Ready(Some(Err(error))) => {
+                tracing::warn!(%error, code = error.code(), "the delivery stream reported an error");
+                run.summary.transport_errors += 1;
+            }
+            Poll::Ready(Some(Ok(delivery))) => run.start(cx, service, delivery),
+        }
+    }
+    Intake::Waiting
+}
+
 type Answer = BoxFuture<'static, Result<(), TransportError>>;
-type Running = BoxFuture<'static, (usize, Result<(), HandlerError>)>;
+
+/// A call still running after its first poll, in the box it was first polled in, with the
+/// slot of its answer.
+struct Running<F> {
+    slot: usize,
+    call: Pin<Box<Option<F>>>,
+}
+
+impl<F> Future for Running<F>
+where
+    F: Future<Output = Result<(), HandlerError>>,
+{
+    type Output = (usize, Result<(), HandlerError>);
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        match this.call.as_mut().as_pin_mut() {
+            Some(call) => call.poll(cx).map(|outcome| (this.slot, outcome)),
+            // A running call always holds its future.
+            None => Poll::Pending,
+        }
+    }
+}
 
 /// The state of one run: the deliveries in flight, their calls and pending answers.
-struct Run {
+struct Run<F> {
     /// The answers of the deliveries in flight, by slot; `None` marks a free slot.
     slots: Vec<Option<Box<dyn Acknowledge>>>,
     free: Vec<usize>,
-    running: FuturesUnordered<Running>,
+    /// Where each call is first polled; a call that finishes there leaves it for the next,
+    /// so a call that finishes at once allocates nothing. One that does not moves on to
+    /// `running` in it, and a new one is made.
+    nursery: Pin<Box<Option<F>>>,
+    running: FuturesUnordered<Running<F>>,
     answers: FuturesUnordered<Answer>,
     redelivery_delay: Option<Duration>,
     summary: ConsumerSummary,
 }
 
-impl Run {
+impl<F> Run<F>
+where
+    F: Future<Output = Result<(), HandlerError>> + Send + 'static,
+{
     fn new(redelivery_delay: Option<Duration>) -> Self {
         Self {
             slots: Vec::new(),
             free: Vec::new(),
+            nursery: Box::pin(None),
             running: FuturesUnordered::new(),
             answers: FuturesUnordered::new(),
             redelivery_delay,
@@ -277,27 +383,39 @@ impl Run {
         }
     }
 
-    /// Starts a call; a call that finishes on its first poll is answered at once.
-    async fn start<F>(&mut self, acknowledge: Box<dyn Acknowledge>, call: F)
+    /// Calls `service` with `delivery` and polls the call once: a call that finishes then
+    /// is answered at once, the others run on in `running`.
+    fn start<S>(&mut self, cx: &mut Context<'_>, service: &mut S, delivery: Delivery)
     where
-        F: Future<Output = Result<(), HandlerError>> + Send + 'static,
+        S: Service<Incoming, Response = (), Error = HandlerError, Future = F>,
     {
-        let mut call = Box::pin(call);
-        if let Poll::Ready(outcome) = futures::poll!(call.as_mut()) {
-            self.answer(acknowledge, outcome);
-            return;
-        }
-        let slot = match self.free.pop() {
-            Some(slot) => {
-                self.slots[slot] = Some(acknowledge);
-                slot
-            }
-            None => {
-                self.slots.push(Some(acknowledge));
-                self.slots.len() - 1
-            }
+        let (topic, message, attempt, acknowledge) = delivery.into_parts();
+        self.nursery.set(Some(service.call(Incoming {
+            topic,
+            message,
+            attempt,
+        })));
+        let polled = match self.nursery.as_mut().as_pin_mut() {
+            Some(call) => call.poll(cx),
+            None => Poll::Pending,
         };
-        self.running.push(async move { (slot, call.await) }.boxed());
+        match polled {
+            Poll::Ready(outcome) => {
+                self.nursery.set(None);
+                self.answer(acknowledge, outcome);
+            }
+            Poll::Pending => {
+                let slot = self.free.pop().unwrap_or_else(|| {
+                    self.slots.push(None);
+                    self.slots.len() - 1
+                });
+                if let Some(free) = self.slots.get_mut(slot) {
+                    *free = Some(acknowledge);
+                }
+                let call = std::mem::replace(&mut self.nursery, Box::pin(None));
+                self.running.push(Running { slot, call });
+            }
+        }
     }
 
     fn finish(&mut self, slot: usize, outcome: Result<(), HandlerError>) {
@@ -308,10 +426,14 @@ impl Run {
         self.answer(acknowledge, outcome);
     }
 
-    fn answer(&mut self, acknowledge: Box<dyn Acknowledge>, outcome: Result<(), HandlerError>) {
+    fn answer(&mut self, mut acknowledge: Box<dyn Acknowledge>, outcome: Result<(), HandlerError>) {
         let mut answer = match outcome {
             Ok(()) => {
                 self.summary.handled += 1;
+                if let Some(answered) = acknowledge.ack_now() {
+                    self.answered(answered);
+                    return;
+                }
                 acknowledge.ack()
             }
             Err(error) => {

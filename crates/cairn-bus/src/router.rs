@@ -42,6 +42,7 @@ use serde::de::DeserializeOwned;
 use tower::Service;
 
 use crate::handler::{HandlerError, Incoming};
+use crate::hash::KeyedHash;
 
 type Route = Arc<dyn Fn(Incoming) -> BoxFuture<'static, Result<(), HandlerError>> + Send + Sync>;
 
@@ -51,8 +52,16 @@ type Route = Arc<dyn Fn(Incoming) -> BoxFuture<'static, Result<(), HandlerError>
 /// Cheap to clone: the routes are shared.
 #[derive(Clone, Default)]
 pub struct Router {
-    by_type: Arc<HashMap<String, Route>>,
-    by_topic: Arc<HashMap<String, Route>>,
+    /// Shared by the clones: the retry middleware clones its inner service for every
+    /// message, so a clone is one reference count.
+    routes: Arc<Routes>,
+}
+
+/// The routes of a [`Router`].
+#[derive(Clone, Default)]
+struct Routes {
+    by_type: HashMap<String, Route, KeyedHash>,
+    by_topic: HashMap<String, Route, KeyedHash>,
     fallback: Option<Route>,
 }
 
@@ -104,7 +113,7 @@ impl Router {
         F: Fn(Incoming) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<(), HandlerError>> + Send + 'static,
     {
-        let routes = Arc::make_mut(&mut self.by_type);
+        let routes = &mut Arc::make_mut(&mut self.routes).by_type;
         let previous = routes.insert(message_type.to_owned(), boxed(handler));
         assert!(
             previous.is_none(),
@@ -125,7 +134,7 @@ impl Router {
         F: Fn(Incoming) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<(), HandlerError>> + Send + 'static,
     {
-        let routes = Arc::make_mut(&mut self.by_topic);
+        let routes = &mut Arc::make_mut(&mut self.routes).by_topic;
         let previous = routes.insert(topic.to_owned(), boxed(handler));
         assert!(previous.is_none(), "topic {topic:?} is routed twice");
         self
@@ -138,20 +147,23 @@ impl Router {
         F: Fn(Incoming) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<(), HandlerError>> + Send + 'static,
     {
-        self.fallback = Some(boxed(handler));
+        Arc::make_mut(&mut self.routes).fallback = Some(boxed(handler));
         self
     }
 
     /// How many routes the router has (types and topics; the fallback counts as one).
     pub fn routes(&self) -> usize {
-        self.by_type.len() + self.by_topic.len() + usize::from(self.fallback.is_some())
+        let routes = &*self.routes;
+        routes.by_type.len() + routes.by_topic.len() + usize::from(routes.fallback.is_some())
     }
 
     fn route(&self, incoming: &Incoming) -> Option<&Route> {
-        self.by_type
+        let routes = &*self.routes;
+        routes
+            .by_type
             .get(incoming.message.message_type.as_str())
-            .or_else(|| self.by_topic.get(&*incoming.topic))
-            .or(self.fallback.as_ref())
+            .or_else(|| routes.by_topic.get(&*incoming.topic))
+            .or(routes.fallback.as_ref())
     }
 }
 
@@ -188,14 +200,14 @@ impl Service<Incoming> for Router {
 
 impl fmt::Debug for Router {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut types: Vec<&String> = self.by_type.keys().collect();
+        let mut types: Vec<&String> = self.routes.by_type.keys().collect();
         types.sort();
-        let mut topics: Vec<&String> = self.by_topic.keys().collect();
+        let mut topics: Vec<&String> = self.routes.by_topic.keys().collect();
         topics.sort();
         f.debug_struct("Router")
             .field("types", &types)
             .field("topics", &topics)
-            .field("fallback", &self.fallback.is_some())
+            .field("fallback", &self.routes.fallback.is_some())
             .finish()
     }
 }

@@ -200,6 +200,15 @@ pub trait Acknowledge: Send + 'static {
     /// The message was handled: it must not be delivered again.
     fn ack(self: Box<Self>) -> BoxFuture<'static, Result<(), TransportError>>;
 
+    /// Acknowledges without waiting, when the transport can (an in-process broker can),
+    /// sparing the future of [`ack`](Self::ack): `Some` with the outcome of the ack, after
+    /// which the delivery is answered and dropping this does nothing more; `None` when it
+    /// cannot, having done nothing, and then [`ack`](Self::ack) answers. The default is
+    /// `None`.
+    fn ack_now(&mut self) -> Option<Result<(), TransportError>> {
+        None
+    }
+
     /// The message was not handled: deliver it again, after `delay` when given.
     fn nack(
         self: Box<Self>,

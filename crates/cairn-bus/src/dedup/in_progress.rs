@@ -7,12 +7,14 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use tokio::sync::oneshot;
 use uuid::Uuid;
 
+use crate::hash::KeyedHash;
+
 /// The ids in progress, each with the deliveries waiting for its outcome. Written by
 /// [`claim`](Self::claim) and by [`Owner`]s when they finish; a waiter holds only its
 /// receiver.
 #[derive(Debug, Default)]
 pub(super) struct InProgress {
-    ids: Mutex<HashMap<Uuid, Vec<oneshot::Sender<bool>>>>,
+    ids: Mutex<HashMap<Uuid, Vec<oneshot::Sender<bool>>, KeyedHash>>,
 }
 
 /// What a delivery gets from [`InProgress::claim`].
@@ -25,7 +27,7 @@ pub(super) enum Claim {
 }
 
 impl InProgress {
-    fn lock(&self) -> MutexGuard<'_, HashMap<Uuid, Vec<oneshot::Sender<bool>>>> {
+    fn lock(&self) -> MutexGuard<'_, HashMap<Uuid, Vec<oneshot::Sender<bool>>, KeyedHash>> {
         self.ids.lock().unwrap_or_else(PoisonError::into_inner)
     }
 

@@ -17,8 +17,8 @@
 //! # The guarantee
 //!
 //! - **Within a process**, the effects of a message happen once per window of the inbox
-//!   (the [`MemoryInbox`] forgets the oldest ids beyond its window; [`PgInbox`] has no
-//!   window), however often and however concurrently it is delivered.
+//!   (the [`MemoryInbox`] forgets the oldest ids beyond its window, a generation at a time;
+//!   [`PgInbox`] has no window), however often and however concurrently it is delivered.
 //! - **Across processes and crashes**, the id is recorded *after* the effects: a crash (or
 //!   a failed record) between the two leaves the message unrecorded and the broker
 //!   redelivers it, so its effects may happen again. Two processes handling one id at the

@@ -1,13 +1,14 @@
 //! The [`Inbox`] contract and [`MemoryInbox`], its in-process implementation.
 
-use std::collections::{HashMap, HashSet, VecDeque};
-use std::hash::{BuildHasher, Hasher};
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use async_trait::async_trait;
 use uuid::Uuid;
 
 use super::InboxError;
+use crate::hash::KeyedHash;
 
 /// The ids of the messages each consumer has processed, keyed by (consumer name, message
 /// id).
@@ -57,14 +58,19 @@ pub trait ImmediateInbox: Send + Sync {
     fn record_now(&self, consumer: &str, id: Uuid) -> Result<bool, InboxError>;
 }
 
-/// An [`Inbox`] in this process's memory, bounded: it remembers the last
-/// [`window`](Self::window) ids recorded per consumer and forgets the oldest first.
+/// An [`Inbox`] in this process's memory, bounded: it remembers at least the last
+/// [`window`](Self::window) ids recorded per consumer and forgets the oldest first, in
+/// generations.
 ///
-/// **The window is the guarantee:** a duplicate delivered after more than `window` newer
-/// ids were recorded for its consumer is not recognized and runs again; nothing survives a
-/// restart. Size the window above the number of messages the broker may redeliver late
-/// (its de-dup window, or its unacknowledged backlog). Each remembered id costs about 40
-/// bytes, so the default window of 1,000,000 ids holds about 40 MB per consumer.
+/// **The window is the guarantee:** an id is recognized as long as fewer than `window`
+/// newer ids were recorded for its consumer. Ids are forgotten a generation (a quarter of
+/// the window, rounded up) at a time, so an id older than the window may still be
+/// recognized for a while; once [`forgets_after`](Self::forgets_after) newer ids were
+/// recorded (the window plus less than two generations; less than one when 4 divides the
+/// window, as it does the default) it is forgotten, and a duplicate of it runs again. Nothing survives a restart. Size the window above the number of messages
+/// the broker may redeliver late (its de-dup window, or its unacknowledged backlog). Each
+/// remembered id costs about 40 bytes, so the default window of 1,000,000 ids takes 40 to
+/// 50 MB per consumer.
 ///
 /// Clones share the same memory.
 ///
@@ -86,76 +92,31 @@ pub trait ImmediateInbox: Send + Sync {
 #[derive(Debug, Clone)]
 pub struct MemoryInbox {
     window: usize,
-    consumers: Arc<Mutex<HashMap<String, Window>>>,
+    /// Ids recorded per generation.
+    generation: usize,
+    /// Full generations kept besides the one filling: `generation * kept >= window`.
+    kept: u32,
+    consumers: Arc<Mutex<HashMap<String, Window, KeyedHash>>>,
 }
 
-/// One consumer's remembered ids, and the order they were recorded in.
+/// Full generations kept at most besides the one filling, so that a generation is a
+/// quarter of the window.
+const GENERATIONS: usize = 4;
+
+/// One consumer's remembered ids, each with the generation it was recorded in.
+///
+/// Forgetting costs no lookup per id recorded: when a generation fills, one sequential
+/// sweep of the table drops the generation that fell out of the window. (A queue of ids in
+/// record order, removing the oldest from the table at each new one, costs a random access
+/// into a table far larger than the cache for every message.)
 #[derive(Debug, Default)]
 struct Window {
-    ids: HashSet<Uuid, IdHash>,
-    order: VecDeque<Uuid>,
-}
-
-/// Hashes message ids for the inbox's set: a folded multiply of the id's two halves with
-/// two random keys per set. Ids are random already (a UUID's low bits are), so this is
-/// enough to spread them, several times cheaper than SipHash on the hot path, and the
-/// random keys keep ids chosen by a hostile publisher from being made to collide.
-#[derive(Debug, Clone, Copy)]
-struct IdHash {
-    keys: (u64, u64),
-}
-
-impl Default for IdHash {
-    fn default() -> Self {
-        Self {
-            keys: (rand::random(), rand::random()),
-        }
-    }
-}
-
-impl BuildHasher for IdHash {
-    type Hasher = IdHasher;
-
-    fn build_hasher(&self) -> IdHasher {
-        IdHasher {
-            keys: self.keys,
-            state: 0,
-        }
-    }
-}
-
-/// The hasher of [`IdHash`]; other inputs than a UUID's bytes (the length prefix) fold in
-/// the same way.
-#[derive(Debug)]
-struct IdHasher {
-    keys: (u64, u64),
-    state: u64,
-}
-
-fn folded_multiply(a: u64, b: u64) -> u64 {
-    let product = u128::from(a) * u128::from(b);
-    (product as u64) ^ ((product >> 64) as u64)
-}
-
-impl Hasher for IdHasher {
-    fn write(&mut self, bytes: &[u8]) {
-        for chunk in bytes.chunks(16) {
-            let mut halves = [0u8; 16];
-            halves[..chunk.len()].copy_from_slice(chunk);
-            let (high, low) = halves.split_at(8);
-            let high = u64::from_le_bytes(high.try_into().unwrap_or_default());
-            let low = u64::from_le_bytes(low.try_into().unwrap_or_default());
-            self.state = folded_multiply(high ^ self.keys.0 ^ self.state, low ^ self.keys.1);
-        }
-    }
-
-    fn write_usize(&mut self, n: usize) {
-        self.state = self.state.rotate_left(5) ^ n as u64;
-    }
-
-    fn finish(&self) -> u64 {
-        self.state
-    }
+    /// Every id remembered, with its generation; only kept generations are in it.
+    ids: HashMap<Uuid, u32, KeyedHash>,
+    /// The generation being filled; generations are numbered modulo 2^32.
+    current: u32,
+    /// Ids recorded in the current generation.
+    filled: usize,
 }
 
 impl MemoryInbox {
@@ -167,30 +128,68 @@ impl MemoryInbox {
         Self::with_window(Self::DEFAULT_WINDOW)
     }
 
-    /// An empty inbox that remembers the last `window` ids per consumer (at least 1).
+    /// An empty inbox that remembers at least the last `window` ids per consumer (at
+    /// least 1).
     pub fn with_window(window: usize) -> Self {
+        let window = window.max(1);
+        let generation = window.div_ceil(GENERATIONS);
+        let kept = window.div_ceil(generation);
         Self {
-            window: window.max(1),
+            window,
+            generation,
+            kept: u32::try_from(kept).unwrap_or(u32::MAX),
             consumers: Arc::default(),
         }
     }
 
-    /// How many ids it remembers per consumer.
+    /// How many ids it remembers per consumer at least: an id is recognized as long as
+    /// fewer newer ones were recorded for its consumer.
     pub fn window(&self) -> usize {
         self.window
+    }
+
+    /// After how many newer ids recorded for its consumer an id is forgotten at the
+    /// latest: the window plus less than two generations (a generation is a quarter of the
+    /// window, rounded up), less than one when 4 divides the window (1,249,999 for the
+    /// default), and exactly the window for windows of up to 4 ids.
+    pub fn forgets_after(&self) -> usize {
+        self.generation * self.kept as usize + self.generation - 1
     }
 
     /// How many ids it remembers now for `consumer`.
     pub fn remembered(&self, consumer: &str) -> usize {
         self.lock()
             .get(consumer)
-            .map_or(0, |window| window.order.len())
+            .map_or(0, |window| window.ids.len())
     }
 
-    fn lock(&self) -> MutexGuard<'_, HashMap<String, Window>> {
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, Window, KeyedHash>> {
         self.consumers
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl Window {
+    /// Records `id` in the current generation (`false` when it is remembered already);
+    /// when the generation fills, starts the next and forgets the one that fell out, so
+    /// that `kept` full generations stay.
+    fn record(&mut self, id: Uuid, generation: usize, kept: u32) -> bool {
+        match self.ids.entry(id) {
+            Entry::Occupied(_) => return false,
+            Entry::Vacant(vacant) => {
+                vacant.insert(self.current);
+            }
+        }
+        self.filled += 1;
+        if self.filled >= generation {
+            self.filled = 0;
+            self.current = self.current.wrapping_add(1);
+            let current = self.current;
+            self.ids
+                .retain(|_, recorded| current.wrapping_sub(*recorded) <= kept);
+        }
+        true
     }
 }
 
@@ -205,7 +204,7 @@ impl ImmediateInbox for MemoryInbox {
         Ok(self
             .lock()
             .get(consumer)
-            .is_some_and(|window| window.ids.contains(&id)))
+            .is_some_and(|window| window.ids.contains_key(&id)))
     }
 
     fn record_now(&self, consumer: &str, id: Uuid) -> Result<bool, InboxError> {
@@ -214,16 +213,7 @@ impl ImmediateInbox for MemoryInbox {
             Some(window) => window,
             None => consumers.entry(consumer.to_owned()).or_default(),
         };
-        if !window.ids.insert(id) {
-            return Ok(false);
-        }
-        window.order.push_back(id);
-        if window.order.len() > self.window
-            && let Some(oldest) = window.order.pop_front()
-        {
-            window.ids.remove(&oldest);
-        }
-        Ok(true)
+        Ok(window.record(id, self.generation, self.kept))
     }
 }
 
@@ -239,39 +229,5 @@ impl Inbox for MemoryInbox {
 
     fn as_immediate(&self) -> Option<&dyn ImmediateInbox> {
         Some(self)
-    }
-}
-
-#[cfg(test)]
-mod id_hash_tests {
-    use std::hash::BuildHasher;
-
-    use super::*;
-
-    #[test]
-    fn ids_hash_apart_and_the_same_id_hashes_the_same() {
-        let hash = IdHash::default();
-        let ids: Vec<Uuid> = (0..100_000).map(|_| Uuid::now_v7()).collect();
-        let mut hashes: Vec<u64> = ids.iter().map(|id| hash.hash_one(id)).collect();
-        assert_eq!(hash.hash_one(ids[7]), hashes[7]);
-        hashes.sort_unstable();
-        hashes.dedup();
-        assert_eq!(
-            hashes.len(),
-            ids.len(),
-            "64-bit hashes of distinct ids did not collide"
-        );
-        // The low bits (the table's buckets) spread too.
-        let mut buckets = vec![0u32; 1 << 10];
-        for id in &ids {
-            buckets[(hash.hash_one(id) & 1023) as usize] += 1;
-        }
-        let fullest = buckets.iter().max().copied().unwrap_or_default();
-        assert!(
-            fullest < 200,
-            "a bucket of 1,024 took {fullest} of 100,000 ids"
-        );
-        // Another set's keys give other hashes.
-        assert_ne!(IdHash::default().hash_one(ids[0]), hash.hash_one(ids[0]));
     }
 }

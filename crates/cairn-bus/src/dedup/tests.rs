@@ -266,3 +266,109 @@ fn each_consumer_has_its_own_window() {
     assert!(inbox.contains_now("shipping", b).unwrap());
     assert_eq!(MemoryInbox::new().window(), MemoryInbox::DEFAULT_WINDOW);
 }
+
+/// Records `count` fresh ids for `consumer`, returning them in record order.
+fn record_fresh(inbox: &MemoryInbox, consumer: &str, count: usize) -> Vec<Uuid> {
+    (0..count)
+        .map(|_| {
+            let id = Uuid::now_v7();
+            assert!(inbox.record_now(consumer, id).unwrap());
+            id
+        })
+        .collect()
+}
+
+#[test]
+fn an_id_is_remembered_through_its_window_and_forgotten_by_forgets_after() {
+    // Small windows, where a generation is one id; a quarter that divides the window and
+    // one that does not; a window whose table grows past the size where it stops doubling.
+    for window in [1, 2, 3, 4, 5, 1_000, 1_001, 100_003] {
+        remembered_through_the_window_and_forgotten_by_forgets_after(window);
+    }
+    assert_eq!(MemoryInbox::new().forgets_after(), 1_249_999);
+}
+
+fn remembered_through_the_window_and_forgotten_by_forgets_after(window: usize) {
+    let inbox = MemoryInbox::with_window(window);
+    // A generation is a quarter of the window, rounded up: an id is forgotten at the
+    // latest less than two generations late, less than one when a quarter divides the
+    // window, and exactly at the window for up to 4 ids.
+    let generation = window.div_ceil(4);
+    assert!(inbox.forgets_after() >= window);
+    assert!(inbox.forgets_after() < window + 2 * generation);
+    if window.is_multiple_of(4) {
+        assert!(inbox.forgets_after() < window + generation);
+    }
+    if window <= 4 {
+        assert_eq!(inbox.forgets_after(), window);
+    }
+    if window == 1_000 {
+        assert_eq!(inbox.forgets_after(), 1_249);
+    }
+    // Every id recorded is checked after each number of newer ids, from 0 to past
+    // `forgets_after`: remembered while fewer than `window` newer, forgotten from
+    // `forgets_after` newer on, whatever its place in its generation.
+    let ids = record_fresh(&inbox, "billing", 2 * inbox.forgets_after());
+    let mut forgotten_at = Vec::new();
+    for (at, id) in ids.iter().enumerate() {
+        let newer = ids.len() - at - 1;
+        let remembered = inbox.contains_now("billing", *id).unwrap();
+        if newer < window {
+            assert!(
+                remembered,
+                "window {window}: an id with {newer} newer ones was forgotten"
+            );
+        }
+        if newer >= inbox.forgets_after() {
+            assert!(
+                !remembered,
+                "window {window}: an id with {newer} newer ones is remembered"
+            );
+        }
+        if !remembered {
+            forgotten_at.push(newer);
+        }
+    }
+    // Forgetting goes oldest first: the forgotten ids are the oldest ones, all of them.
+    let oldest_forgotten = forgotten_at.len();
+    assert!(
+        forgotten_at
+            .iter()
+            .all(|newer| *newer >= ids.len() - oldest_forgotten)
+    );
+    assert!(inbox.remembered("billing") <= inbox.forgets_after());
+    assert!(inbox.remembered("billing") >= window);
+}
+
+#[tokio::test]
+async fn a_duplicate_inside_the_window_is_skipped_and_one_past_it_runs_again() {
+    let inbox = MemoryInbox::with_window(100);
+    let handler = Handler::default();
+    let mut service = DedupLayer::new("billing", inbox.clone()).layer(handler.service());
+    let first = Incoming::new("orders", Message::new("order.placed", "{}"));
+    service
+        .ready()
+        .await
+        .unwrap()
+        .call(first.clone())
+        .await
+        .unwrap();
+    // 99 newer ids: still inside the window, the duplicate is skipped.
+    record_fresh(&inbox, "billing", 99);
+    service
+        .ready()
+        .await
+        .unwrap()
+        .call(first.clone())
+        .await
+        .unwrap();
+    assert_eq!(handler.runs(), 1, "a duplicate inside the window ran");
+    // `forgets_after` newer ids in all: forgotten, the duplicate runs as documented.
+    record_fresh(&inbox, "billing", inbox.forgets_after() - 99);
+    service.ready().await.unwrap().call(first).await.unwrap();
+    assert_eq!(
+        handler.runs(),
+        2,
+        "a duplicate past the window was not run again"
+    );
+}

@@ -385,18 +385,18 @@ impl Group {
     /// `Err(())` when the delivery was already taken back.
     pub(super) fn ack(&self, tag: Tag) -> Result<(), ()> {
         let mut wakers = Vec::new();
-        let result = {
+        let answered = {
             let mut state = self.lock();
-            match state.outstanding.remove(tag) {
-                Some(entry) => {
-                    state.credit_back(entry.consumer, &mut wakers);
-                    Ok(())
-                }
-                None => Err(()),
+            let answered = state.outstanding.remove(tag);
+            if let Some(entry) = &answered {
+                state.credit_back(entry.consumer, &mut wakers);
             }
+            answered
         };
         wake_all(wakers);
-        result
+        // Usually the message's last reference: freed here, not under the lock the
+        // publishers and the other answers wait on.
+        answered.map(drop).ok_or(())
     }
 
     /// Gives a delivery back for redelivery, after `delay` when it is not zero.

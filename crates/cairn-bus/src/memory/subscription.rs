@@ -116,6 +116,12 @@ pub(super) struct MemoryAck {
 }
 
 impl MemoryAck {
+    /// Acks, once.
+    fn answer_now(&mut self) -> Result<(), TransportError> {
+        self.answered = true;
+        self.group.ack(self.tag).map_err(|()| self.stale())
+    }
+
     fn stale(&self) -> TransportError {
         TransportError::Broker {
             operation: "answering a delivery".to_owned(),
@@ -129,9 +135,15 @@ impl MemoryAck {
 
 impl Acknowledge for MemoryAck {
     fn ack(mut self: Box<Self>) -> BoxFuture<'static, Result<(), TransportError>> {
-        self.answered = true;
-        let result = self.group.ack(self.tag).map_err(|()| self.stale());
+        let result = self.answer_now();
         Box::pin(future::ready(result))
+    }
+
+    fn ack_now(&mut self) -> Option<Result<(), TransportError>> {
+        if self.answered {
+            return None;
+        }
+        Some(self.answer_now())
     }
 
     fn nack(

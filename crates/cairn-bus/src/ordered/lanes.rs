@@ -6,7 +6,7 @@
 //! messages in flight. Every change happens under the table's one lock, which is held only
 //! for a hash lookup and a queue push or pop.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, VecDeque, hash_map};
 use std::future::Future;
 use std::hash::{Hash, Hasher};
 use std::pin::Pin;
@@ -15,6 +15,7 @@ use std::task::{Context, Poll};
 
 use tokio::sync::{OwnedSemaphorePermit, oneshot};
 
+use crate::hash::KeyedHash;
 use crate::message::Message;
 
 /// A key of the table: the message that opened the lane, compared and hashed by its
@@ -57,7 +58,7 @@ struct Lane {
 
 #[derive(Debug, Default)]
 struct Table {
-    lanes: HashMap<LaneKey, Lane>,
+    lanes: HashMap<LaneKey, Lane, KeyedHash>,
     next_ticket: u64,
 }
 
@@ -90,30 +91,35 @@ impl Lanes {
     pub(super) fn enter(self: &Arc<Self>, key: LaneKey, permit: OwnedSemaphorePermit) -> Entry {
         let mut guard = self.lock();
         let table = &mut *guard;
-        if let Some(lane) = table.lanes.get_mut(&key) {
-            table.next_ticket += 1;
-            let ticket = table.next_ticket;
-            let (sender, receiver) = oneshot::channel();
-            lane.waiting.push_back((ticket, sender));
-            drop(guard);
-            return Entry::Queued(Turn {
-                state: Some((
-                    Waiting {
-                        lanes: Arc::clone(self),
-                        key,
-                        ticket,
-                        receiver,
-                    },
-                    permit,
-                )),
-            });
+        // One hash of the key, whichever way it goes.
+        match table.lanes.entry(key.clone()) {
+            hash_map::Entry::Occupied(mut lane) => {
+                table.next_ticket += 1;
+                let ticket = table.next_ticket;
+                let (sender, receiver) = oneshot::channel();
+                lane.get_mut().waiting.push_back((ticket, sender));
+                drop(guard);
+                Entry::Queued(Turn {
+                    state: Some((
+                        Waiting {
+                            lanes: Arc::clone(self),
+                            key,
+                            ticket,
+                            receiver,
+                        },
+                        permit,
+                    )),
+                })
+            }
+            hash_map::Entry::Vacant(vacant) => {
+                vacant.insert(Lane::default());
+                drop(guard);
+                Entry::Free(Release {
+                    _permit: permit,
+                    lane: Some((Arc::clone(self), key)),
+                })
+            }
         }
-        table.lanes.insert(key.clone(), Lane::default());
-        drop(guard);
-        Entry::Free(Release {
-            _permit: permit,
-            lane: Some((Arc::clone(self), key)),
-        })
     }
 
     /// Ends the turn of the message holding `key`'s lane.
@@ -125,15 +131,17 @@ impl Lanes {
 impl Table {
     /// Hands `key`'s lane to its next waiter, or removes the lane when nobody waits.
     fn hand_over(&mut self, key: &LaneKey) {
-        let Some(lane) = self.lanes.get_mut(key) else {
+        // Usually nobody waits: one hash to take the lane out, and a second only to put
+        // it back for a waiter.
+        let Some((key, mut lane)) = self.lanes.remove_entry(key) else {
             return;
         };
         while let Some((_, next)) = lane.waiting.pop_front() {
             if next.send(()).is_ok() {
+                self.lanes.insert(key, lane);
                 return;
             }
         }
-        self.lanes.remove(key);
     }
 }
 
