@@ -9,13 +9,6 @@
 mod bench;
 mod cli;
 
-/// The program allocates through mimalloc: reading and writing the store makes many small,
-/// short-lived allocations (event types, metadata, pages of events) from several threads,
-/// which it serves markedly faster than the system allocator. The library crates leave the
-/// choice to the application that embeds them.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() -> std::process::ExitCode {
     cli::main()
 }
