@@ -13,7 +13,7 @@
 //! | `append-64w` | 64 concurrent writers, 1 event per append                                |
 //! | `batch-16w`  | 16 concurrent writers, 100 events per append                             |
 //! | `read-all`   | reads `$all` from the page cache                                         |
-//! | `latency`    | 10,000 events/s offered, append start → live subscriber delivery         |
+//! | `latency`    | 10,000 events/s offered, append start → live subscriber delivery, after a 1 s warm-up at that rate |
 //! | `custom`     | `--writers` × `--batch`, run when either is given                        |
 //! | `open`       | opens a store of `--open-events` in `--open-streams` (10 M in 1 M by default), after a clean close and as after a crash; run only when named |
 //! | `bus`        | the message bus over the in-memory transport: `bus-raw`, deliver and ack alone; `bus-router`, through the consumer, router and middleware; run only when named (`cairn bench bus`) |
@@ -634,7 +634,9 @@ impl Bench<'_> {
     }
 
     async fn latency(&self) -> anyhow::Result<WorkloadResult> {
-        let stage = self.progress.stage("latency", Some(self.args.duration));
+        let stage = self
+            .progress
+            .stage("latency", Some(self.args.duration + store::LATENCY_WARM_UP));
         let size = self.args.size as usize;
         let result = self
             .subject
@@ -661,11 +663,13 @@ impl Bench<'_> {
             target: None,
             peers: Vec::new(),
             detail: Some(format!(
-                "offered {} ev/s for {}, one event per append to 64 streams in turn, without \
-                 waiting for earlier appends; {} appended, {} delivered to a live $all subscriber, which fell \
+                "offered {} ev/s for {} after a warm-up of {} at the same rate (not counted), \
+                 one event per append to 64 streams in turn, without waiting for earlier \
+                 appends; {} appended, {} delivered to a live $all subscriber, which fell \
                  behind {} times",
                 thousands(f64::from(self.args.rate)),
                 parse::show_duration(self.args.duration),
+                parse::show_duration(store::LATENCY_WARM_UP),
                 thousands(result.sent as f64),
                 thousands(measured.events as f64),
                 result.fell_behind

@@ -32,6 +32,15 @@ const LATENCY_STREAMS: u64 = 64;
 /// How long the latency workload waits for stragglers after its last append.
 const DELIVERY_GRACE: Duration = Duration::from_secs(10);
 
+/// How long the latency workload offers its rate before it starts counting: a fresh store's
+/// first appends pay one-time costs (PostgreSQL: the database just created still flushing,
+/// each connection preparing its statements and compiling the schema's functions) that
+/// are not the steady state the workload measures.
+pub(crate) const LATENCY_WARM_UP: Duration = Duration::from_secs(1);
+
+/// The timestamp of an event sent during the warm-up: delivered, but not counted.
+const WARM_UP_STAMP: u64 = u64::MAX;
+
 /// A payload of `size` bytes (a repeating pattern of letters).
 pub(crate) fn payload(size: usize) -> Bytes {
     (0..size)
@@ -146,9 +155,10 @@ pub(crate) struct LatencyMeasured {
     pub(crate) fell_behind: u64,
 }
 
-/// Offers `rate` events per second for `duration`, one event per append, each append
-/// started on schedule without waiting for earlier ones; a live `$all` subscriber measures
-/// from the start of each append to its delivery.
+/// Offers `rate` events per second for [`LATENCY_WARM_UP`] and then for `duration`, one
+/// event per append, each append started on schedule without waiting for earlier ones; a
+/// live `$all` subscriber measures from the start of each append after the warm-up to its
+/// delivery.
 ///
 /// The appends go round-robin to [`LATENCY_STREAMS`] streams.
 ///
@@ -162,6 +172,8 @@ pub(crate) async fn latency<S: EventStore + Clone>(
     counter: &Arc<AtomicU64>,
 ) -> anyhow::Result<LatencyMeasured> {
     let total = ((f64::from(rate) * duration.as_secs_f64()).round() as u64).max(1);
+    let warm_up = (f64::from(rate) * LATENCY_WARM_UP.as_secs_f64()).round() as u64;
+    let offered = warm_up + total;
     let head = store.head_position().await?;
     let request = head
         .map_or_else(SubscribeAll::from_start, SubscribeAll::after)
@@ -175,7 +187,8 @@ pub(crate) async fn latency<S: EventStore + Clone>(
         async move {
             let mut samples = Samples::with_capacity(capacity(total));
             let mut fell_behind = 0u64;
-            while (samples.len() as u64) < total {
+            let mut received = 0u64;
+            while received < offered {
                 match subscription.next().await {
                     Some(Ok(SubscriptionMessage::Event(event))) => {
                         let stamp = event
@@ -184,6 +197,10 @@ pub(crate) async fn latency<S: EventStore + Clone>(
                             .and_then(|bytes| <[u8; 8]>::try_from(bytes).ok())
                             .map(u64::from_le_bytes)
                             .context("a latency event lost its timestamp")?;
+                        received += 1;
+                        if stamp == WARM_UP_STAMP {
+                            continue;
+                        }
                         let delivered = epoch.elapsed();
                         samples.record(delivered.saturating_sub(Duration::from_nanos(stamp)));
                         counter.fetch_add(1, Ordering::Relaxed);
@@ -206,12 +223,19 @@ pub(crate) async fn latency<S: EventStore + Clone>(
         .collect::<Result<Vec<_>, _>>()?;
     let mut appends = JoinSet::new();
     let mut sent = 0u64;
+    let mut measuring_since = None;
     let tick = Duration::from_millis(1);
-    while sent < total {
-        let due = ((epoch.elapsed().as_secs_f64() * f64::from(rate)) as u64).min(total);
+    while sent < offered {
+        let due = ((epoch.elapsed().as_secs_f64() * f64::from(rate)) as u64).min(offered);
         while sent < due {
             let mut bytes = template.to_vec();
-            let stamp = u64::try_from(epoch.elapsed().as_nanos()).unwrap_or(u64::MAX);
+            let stamp = if sent < warm_up {
+                WARM_UP_STAMP
+            } else {
+                let now = epoch.elapsed();
+                measuring_since.get_or_insert(now);
+                u64::try_from(now.as_nanos()).unwrap_or(u64::MAX - 1)
+            };
             if let Some(head) = bytes.get_mut(..8) {
                 head.copy_from_slice(&stamp.to_le_bytes());
             }
@@ -236,7 +260,9 @@ pub(crate) async fn latency<S: EventStore + Clone>(
     while let Some(done) = appends.join_next().await {
         done.context("an append task failed")??;
     }
-    let writing = epoch.elapsed();
+    let writing = epoch
+        .elapsed()
+        .saturating_sub(measuring_since.unwrap_or_default());
     let (samples, fell_behind) = tokio::time::timeout(DELIVERY_GRACE, subscriber.join_next())
         .await
         .context("the subscriber did not receive every event in time")?
@@ -248,7 +274,7 @@ pub(crate) async fn latency<S: EventStore + Clone>(
             seconds: writing.as_secs_f64(),
             latency: samples.summary(),
         },
-        sent,
+        sent: sent - warm_up,
         fell_behind,
     })
 }
