@@ -2,7 +2,7 @@
 //! offset of their first byte. A global offset (an event's position) maps to a segment and
 //! an offset inside it by division, so no table is needed to find a record.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -27,6 +27,13 @@ use crate::storage::{OpenMode, Storage, StorageFile};
 /// the disk and the CPU and then be thrown away. So the filler measures how fast it
 /// writes zeros, and when the writer will need the segment before the zeros could be done
 /// it prepares that segment sparse instead.
+///
+/// A segment that is not zero-filled (a new store's first one, one the writer reached
+/// first, or one made sparse for want of time) is zero-filled by the writer itself, a
+/// little ahead of its data ([`WRITER_ZERO_STEP`] at a time, in the same write as the data
+/// that reaches past the zeros): block allocation then costs one journal commit per step
+/// rather than one per flush. Measured here with 6 KiB flushes (64 writers of one event),
+/// a sparse file takes 1,100 to 3,000 flushes per second against 6,500 for zeros.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Preallocation {
     /// A background thread writes zeros over the next segment, in small flushed steps,
@@ -51,6 +58,8 @@ const SCAVENGE_SUFFIX: &str = ".seg.scavenge";
 const SPARE_BUFFERS: usize = 8;
 /// How much the zero-filler writes (and flushes) at a time.
 const ZERO_STEP: usize = 1 << 20;
+/// How far ahead of its data the writer zero-fills a segment that is not zero-filled yet.
+pub(crate) const WRITER_ZERO_STEP: u64 = 256 << 10;
 /// How much sooner than the writer needs it zero-filling must be expected to finish.
 const ZERO_MARGIN: f64 = 1.5;
 
@@ -69,6 +78,9 @@ pub(crate) struct Segments {
     /// How fast the last zero-filling went, in bytes per second (0 before any). Written
     /// and read by the preallocator only.
     zero_rate: AtomicU64,
+    /// The segments this process zero-filled whole (by base), so the writer knows it need
+    /// not write zeros ahead of itself there.
+    zero_filled: Mutex<BTreeSet<u64>>,
     /// Scan buffers readers are done with, for the next scans (see [`Segments::scan_buffer`]).
     spare_buffers: Mutex<Vec<Bytes>>,
 }
@@ -88,6 +100,7 @@ impl Segments {
             files: RwLock::new(BTreeMap::new()),
             creating: Mutex::new(()),
             zero_rate: AtomicU64::new(0),
+            zero_filled: Mutex::new(BTreeSet::new()),
             spare_buffers: Mutex::new(Vec::new()),
         }
     }
@@ -153,6 +166,10 @@ impl Segments {
             .write()
             .unwrap_or_else(PoisonError::into_inner)
             .remove(&base);
+        self.zero_filled
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&base);
         self.storage.remove_file(&self.path(base))?;
         self.storage.sync_dir(&self.dir)
     }
@@ -175,7 +192,7 @@ impl Segments {
         let temp = self.dir.join(format!("{base:020}{TEMP_SUFFIX}"));
         let file = self.storage.open(&temp, OpenMode::CreateTruncate)?;
         file.set_len(self.size)?;
-        self.install(base, &temp, file)
+        self.install(base, &temp, file, false)
     }
 
     /// Creates the segment based at `base` ahead of need, as [`Preallocation`] says: zeros
@@ -189,6 +206,7 @@ impl Segments {
         }
         let temp = self.dir.join(format!("{base:020}{ZEROING_SUFFIX}"));
         let file = self.storage.open(&temp, OpenMode::CreateTruncate)?;
+        let mut zeroed = false;
         match self.preallocation {
             Preallocation::Zeroed if self.zeros_in_time(needed_in) => {
                 let zeros = vec![0u8; ZERO_STEP];
@@ -205,13 +223,25 @@ impl Segments {
                     at += n as u64;
                 }
                 self.note_zero_rate(at, started.elapsed());
+                zeroed = true;
             }
             Preallocation::Zeroed | Preallocation::Sparse => file.set_len(self.size)?,
         }
         if self.file(base).is_some() {
             return self.storage.remove_file(&temp);
         }
-        self.install(base, &temp, file).map(drop)
+        self.install(base, &temp, file, zeroed).map(drop)
+    }
+
+    /// Whether the writer must zero-fill the segment based at `base` ahead of its data:
+    /// the store zero-fills segments, and this one was not zero-filled whole.
+    pub(crate) fn needs_writer_zeros(&self, base: u64) -> bool {
+        self.preallocation == Preallocation::Zeroed
+            && !self
+                .zero_filled
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .contains(&base)
     }
 
     /// Whether zeros, at the pace the last filling went, would cover a segment within
@@ -236,12 +266,14 @@ impl Segments {
     }
 
     /// Writes the header of a fully sized file at `temp`, makes it durable and renames it
-    /// into place as the segment based at `base` (unless that exists by now).
+    /// into place as the segment based at `base` (unless that exists by now); `zeroed`
+    /// says it was zero-filled whole.
     fn install(
         &self,
         base: u64,
         temp: &Path,
         file: Arc<dyn StorageFile>,
+        zeroed: bool,
     ) -> io::Result<Arc<dyn StorageFile>> {
         file.write_all_at(&encode_segment_header(base, self.size), 0)?;
         file.sync_data()?;
@@ -255,6 +287,12 @@ impl Segments {
         self.storage.sync_dir(&self.dir)?;
         // Reopen under the final name, so the handle names the file that stays.
         let file = self.storage.open(&path, OpenMode::ReadWrite)?;
+        if zeroed {
+            self.zero_filled
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .insert(base);
+        }
         self.insert(base, Arc::clone(&file));
         Ok(file)
     }

@@ -42,7 +42,7 @@ use crate::format::{
 use crate::index::{Effect, Index, PremixedMap, id_key, label_hash};
 use crate::options::Durability;
 use crate::scan::LogReader;
-use crate::segments::Segments;
+use crate::segments::{Segments, WRITER_ZERO_STEP};
 use crate::storage::StorageFile;
 
 /// The largest encoding buffer the planner keeps between batches; a rare huge batch gives
@@ -541,6 +541,12 @@ struct Planner {
     preallocator: Option<(mpsc::Sender<Prepare>, JoinHandle<()>)>,
     /// When the writer moved to its current segment.
     rolled_at: Instant,
+    /// In a segment that was not zero-filled ahead of time: the global offset up to which
+    /// this writer has written it (data, then zeros ahead of the data); `None` when the
+    /// segment holds zeros to its end.
+    zeroed_to: Option<u64>,
+    /// [`WRITER_ZERO_STEP`] zeros, written ahead of the data in such a segment.
+    zeros: Vec<u8>,
     /// The encoding buffer of the last batch, kept for the next one: a batch of large
     /// appends runs to megabytes, and growing a fresh buffer to that size each time would
     /// copy every byte about twice more.
@@ -571,6 +577,8 @@ impl Planner {
             committer,
             preallocator: None,
             rolled_at: Instant::now(),
+            zeroed_to: None,
+            zeros: Vec::new(),
             spare: Vec::new(),
         }
     }
@@ -1049,9 +1057,46 @@ impl Planner {
                 ));
             }
             self.write_at = chunk.start + (end - chunk.buf_start) as u64;
+            self.zero_ahead()?;
         }
         self.sequence += batch.chunks.len() as u64;
         self.prepare_next_when_due();
+        Ok(())
+    }
+
+    /// In a segment that was not zero-filled ahead of time, writes zeros over the next
+    /// [`WRITER_ZERO_STEP`] bytes once the data has reached past the zeros already written,
+    /// so that the flushes of the appends that follow overwrite allocated blocks instead of
+    /// each allocating (and journalling) its own. Only bytes past the end of the data are
+    /// written, which the log reads as zeros either way.
+    fn zero_ahead(&mut self) -> Result<(), StorageError> {
+        let Some(zeroed_to) = self.zeroed_to else {
+            return Ok(());
+        };
+        if self.write_at < zeroed_to {
+            return Ok(());
+        }
+        let segment_end = self.base + self.shared.segments.size();
+        let to = (self.write_at + WRITER_ZERO_STEP).min(segment_end);
+        let len = usize::try_from(to - self.write_at).unwrap_or(0);
+        if self.zeros.len() < len {
+            self.zeros.resize(len, 0);
+        }
+        if let Some(file) = &self.file
+            && let Err(error) = file.write_all_at(
+                self.zeros.get(..len).unwrap_or_default(),
+                self.write_at - self.base,
+            )
+        {
+            return Err(self.shared.progress.fail(
+                format!(
+                    "writing zeros ahead in {} failed",
+                    self.shared.segments.path(self.base).display()
+                ),
+                error,
+            ));
+        }
+        self.zeroed_to = Some(to);
         Ok(())
     }
 
@@ -1083,6 +1128,11 @@ impl Planner {
             }
         };
         self.file = Some(file);
+        self.zeroed_to = self
+            .shared
+            .segments
+            .needs_writer_zeros(base)
+            .then(|| self.write_at.max(Segments::data_start(base)));
         self.base = base;
         self.prepared_next = false;
         self.rolled_at = Instant::now();
