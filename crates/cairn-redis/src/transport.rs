@@ -218,6 +218,7 @@ impl Publisher for RedisTransport {
         let key = self.stream_key(topic);
         let mut pipe = redis::pipe();
         pipe.atomic();
+        let mut scratch = Vec::new();
         for message in &messages {
             let mut command = redis::cmd("XADD");
             command.arg(&key);
@@ -225,7 +226,7 @@ impl Publisher for RedisTransport {
                 command.arg("MAXLEN").arg("~").arg(max_len);
             }
             command.arg("*");
-            write_fields(&mut command, message);
+            write_fields(&mut command, message, &mut scratch);
             pipe.add_command(command).ignore();
         }
         let mut connection = self.inner.connection.clone();

@@ -37,7 +37,7 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::DropGuard;
 
-use crate::codec::{Entry, EntryId, read_entry};
+use crate::codec::{Entry, EntryId, Refused, read_entry};
 use crate::error;
 use crate::options::RedisOptions;
 
@@ -156,6 +156,18 @@ impl Shared {
         );
         // When the stream is gone the delivery is dropped here, which nacks it.
         let _ = outbox.send(Ok((epoch, delivery)));
+    }
+
+    /// Reports an entry whose `meta` field cannot be read. It is not handed out and takes
+    /// no slot; it stays pending, untracked and not refreshed, so that after `claim_idle`
+    /// a consumer of the group takes it over (and one that knows its version handles it).
+    pub(crate) fn refuse(&self, outbox: &Outbox, refused: Refused) {
+        tracing::warn!(topic = %self.topic, group = %self.group, entry = %refused.id, reason = %refused.reason, "an entry cannot be read; it stays pending");
+        let _ = outbox.send(Err(error::undecodable(
+            &self.key,
+            refused.id.to_string(),
+            refused.reason,
+        )));
     }
 
     /// Frees `count` slots.
@@ -287,25 +299,37 @@ impl Shared {
     }
 }
 
+/// Entries claimed by the `CLAIM` or `RECLAIM` script, each with its delivery count, and
+/// those among them that cannot be read.
+#[derive(Debug, Default)]
+pub(crate) struct Claimed {
+    pub(crate) entries: Vec<(Entry, u32)>,
+    pub(crate) refused: Vec<Refused>,
+}
+
 /// Reads the reply of the `CLAIM` and `RECLAIM` scripts' entry lists: `{id, fields,
 /// delivery count}` each.
-pub(crate) fn read_claimed(value: Value) -> Vec<(Entry, u32)> {
+pub(crate) fn read_claimed(value: Value) -> Claimed {
+    let mut claimed = Claimed::default();
     let Value::Array(items) = value else {
-        return Vec::new();
+        return claimed;
     };
-    items
-        .into_iter()
-        .filter_map(|item| {
-            let Value::Array(mut parts) = item else {
-                return None;
-            };
-            let count = match parts.pop()? {
-                Value::Int(n) => u32::try_from(n).unwrap_or(u32::MAX),
-                _ => 1,
-            };
-            Some((read_entry(Value::Array(parts))?, count.max(1)))
-        })
-        .collect()
+    for item in items {
+        let Value::Array(mut parts) = item else {
+            continue;
+        };
+        let count = match parts.pop() {
+            Some(Value::Int(n)) => u32::try_from(n).unwrap_or(u32::MAX),
+            Some(_) => 1,
+            None => continue,
+        };
+        match read_entry(Value::Array(parts)) {
+            Some(Ok(entry)) => claimed.entries.push((entry, count.max(1))),
+            Some(Err(refused)) => claimed.refused.push(refused),
+            None => {}
+        }
+    }
+    claimed
 }
 
 /// The answer of one delivery.

@@ -297,17 +297,21 @@ fn hand_out(shared: &Arc<Shared>, outbox: &Outbox, reply: Value) -> usize {
     if entries.is_empty() {
         return 0;
     }
-    let count = entries.len();
+    let mut count = 0;
     let epoch = {
         let mut state = shared.lock();
         let epoch = state.epoch;
-        for entry in &entries {
+        for entry in entries.iter().flatten() {
             state.outstanding.insert(entry.id, Held::Handed { epoch });
+            count += 1;
         }
         epoch
     };
     for entry in entries {
-        shared.deliver(outbox, entry, 1, epoch);
+        match entry {
+            Ok(entry) => shared.deliver(outbox, entry, 1, epoch),
+            Err(refused) => shared.refuse(outbox, refused),
+        }
     }
     count
 }
