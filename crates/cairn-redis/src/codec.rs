@@ -148,16 +148,43 @@ impl redis::ToRedisArgs for EntryId {
 
 impl redis::ToSingleRedisArg for EntryId {}
 
-/// Appends `message`'s fields to an `XADD` command; `scratch` is a buffer the caller may
-/// reuse from one message to the next.
-pub(crate) fn write_fields(command: &mut Cmd, message: &Message, scratch: &mut Vec<u8>) {
+/// The `XADD` of `message` to the stream `key` (capped at about `max_len` entries when
+/// given), sized once for all its arguments; `scratch` is a buffer the caller may reuse
+/// from one message to the next.
+pub(crate) fn xadd(
+    key: &str,
+    max_len: Option<usize>,
+    message: &Message,
+    scratch: &mut Vec<u8>,
+) -> Cmd {
     scratch.clear();
     encode_meta(message, scratch);
+    // XADD, key, [MAXLEN ~ n,] *, meta, its value, payload, its value.
+    let bytes = 4 + key.len() + 1 + 4 + scratch.len() + 7 + message.payload.len();
+    let mut command = match max_len {
+        Some(max_len) => {
+            let mut command = Cmd::with_capacity(10, bytes + 7 + 20);
+            command
+                .arg("XADD")
+                .arg(key)
+                .arg("MAXLEN")
+                .arg("~")
+                .arg(max_len);
+            command
+        }
+        None => {
+            let mut command = Cmd::with_capacity(7, bytes);
+            command.arg("XADD").arg(key);
+            command
+        }
+    };
     command
+        .arg("*")
         .arg(META)
         .arg(&scratch[..])
         .arg(PAYLOAD)
         .arg(&message.payload[..]);
+    command
 }
 
 /// Writes the `meta` field of `message` (the current version) to `out`.

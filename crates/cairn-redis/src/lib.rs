@@ -8,7 +8,7 @@
 //! |---|---|
 //! | topic `t` | the stream `<prefix>:t` ([`RedisOptions::prefix`]), one entry per message |
 //! | message | an entry of two fields: `meta`, the id, type, source, key, content type and headers in a small versioned binary layout, and `payload`, the payload as it is (see [`codec`]) |
-//! | publish | one `XADD` per message, the batch in one `MULTI`/`EXEC` round trip |
+//! | publish | one `XADD` per message, the batch pipelined in one round trip (not a transaction: after an error, part of the batch may be stored, as the `Publisher` contract allows) |
 //! | group | a consumer group, created at the group's first subscription (`XGROUP CREATE ... $ MKSTREAM`): it gets what is published from then on |
 //! | subscription | a consumer of the group (a fresh name each time) reading with `XREADGROUP ... >` |
 //! | prefetch | the subscription's slots: each read asks for `COUNT` = free slots, and a delivery holds its slot until answered |

@@ -15,10 +15,7 @@ fn as_reply(command: &Cmd) -> Vec<Value> {
 }
 
 fn written(message: &Message) -> Cmd {
-    let mut command = redis::cmd("XADD");
-    command.arg("k").arg("*");
-    write_fields(&mut command, message, &mut Vec::new());
-    command
+    xadd("k", None, message, &mut Vec::new())
 }
 
 fn bulk(bytes: &[u8]) -> Value {
@@ -59,6 +56,29 @@ fn an_entry_has_two_fields_meta_then_the_payload_as_it_is() {
     assert_eq!(reply[1], bulk(&meta_of(&message)));
     assert_eq!(reply[2], bulk(b"payload"));
     assert_eq!(reply[3], bulk(&[0, 255, 10]));
+}
+
+#[test]
+fn an_xadd_names_the_stream_and_caps_it_when_asked() {
+    let message = Message::new("t", Bytes::from_static(b"p"));
+    let args = |command: &Cmd| -> Vec<Vec<u8>> {
+        command
+            .args_iter()
+            .map(|arg| match arg {
+                redis::Arg::Simple(bytes) => bytes.to_vec(),
+                _ => Vec::new(),
+            })
+            .collect()
+    };
+    let meta = meta_of(&message);
+    let plain = args(&xadd("s", None, &message, &mut Vec::new()));
+    let expected: Vec<&[u8]> = vec![b"XADD", b"s", b"*", b"meta", &meta, b"payload", b"p"];
+    assert_eq!(plain, expected);
+    let capped = args(&xadd("s", Some(1000), &message, &mut vec![7; 3]));
+    let expected: Vec<&[u8]> = vec![
+        b"XADD", b"s", b"MAXLEN", b"~", b"1000", b"*", b"meta", &meta, b"payload", b"p",
+    ];
+    assert_eq!(capped, expected);
 }
 
 #[test]
