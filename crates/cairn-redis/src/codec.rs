@@ -60,7 +60,9 @@
 //! become empty, fields with other names are ignored. In an entry with a `meta` field,
 //! only `meta` and `payload` are read; a missing `payload` is an empty one.
 
+use std::collections::HashMap;
 use std::fmt;
+use std::hash::{BuildHasher, Hasher, RandomState};
 
 use bytes::Bytes;
 use cairn_bus::{Headers, Message};
@@ -111,13 +113,15 @@ pub(crate) struct EntryId {
 }
 
 impl EntryId {
-    /// Parses `<ms>-<seq>`.
+    /// The longest text of an id: two 20-digit numbers and the dash.
+    const MAX_TEXT: usize = 41;
+
+    /// Parses `<ms>-<seq>`, two decimal numbers.
     pub(crate) fn parse(text: &[u8]) -> Option<Self> {
-        let text = std::str::from_utf8(text).ok()?;
-        let (ms, seq) = text.split_once('-')?;
+        let dash = text.iter().position(|&byte| byte == b'-')?;
         Some(Self {
-            ms: ms.parse().ok()?,
-            seq: seq.parse().ok()?,
+            ms: decimal(text.get(..dash)?)?,
+            seq: decimal(text.get(dash + 1..)?)?,
         })
     }
 
@@ -129,11 +133,50 @@ impl EntryId {
             _ => None,
         }
     }
+
+    /// Writes `<ms>-<seq>` into `out`, returning the bytes written.
+    fn write_text(self, out: &mut [u8; Self::MAX_TEXT]) -> &[u8] {
+        // Right to left: the sequence, the dash, the milliseconds. At most 20 digits
+        // each, so the buffer always has room.
+        let mut at = put_decimal(out, Self::MAX_TEXT, self.seq);
+        at -= 1;
+        out[at] = b'-';
+        at = put_decimal(out, at, self.ms);
+        &out[at..]
+    }
+}
+
+/// Writes `n`'s digits into `out` so that they end before `end`; returns where they start.
+fn put_decimal(out: &mut [u8], end: usize, mut n: u64) -> usize {
+    let mut at = end;
+    loop {
+        at -= 1;
+        out[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            return at;
+        }
+    }
+}
+
+/// A decimal number of 1 to 20 digits that fits in 64 bits.
+fn decimal(digits: &[u8]) -> Option<u64> {
+    if digits.is_empty() {
+        return None;
+    }
+    digits.iter().try_fold(0u64, |n, &digit| {
+        if !digit.is_ascii_digit() {
+            return None;
+        }
+        n.checked_mul(10)?.checked_add(u64::from(digit - b'0'))
+    })
 }
 
 impl fmt::Display for EntryId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}-{}", self.ms, self.seq)
+        let mut text = [0; Self::MAX_TEXT];
+        // Only digits and a dash.
+        f.write_str(std::str::from_utf8(self.write_text(&mut text)).unwrap_or_default())
     }
 }
 
@@ -142,11 +185,73 @@ impl redis::ToRedisArgs for EntryId {
     where
         W: ?Sized + redis::RedisWrite,
     {
-        out.write_arg_fmt(self);
+        let mut text = [0; Self::MAX_TEXT];
+        out.write_arg(self.write_text(&mut text));
     }
 }
 
 impl redis::ToSingleRedisArg for EntryId {}
+
+/// A map keyed by entry ids, hashed by [`IdHash`].
+pub(crate) type EntryMap<V> = HashMap<EntryId, V, IdHash>;
+
+/// Builds the hashers of maps keyed by entry ids. The standard SipHash costs about a
+/// hundred instructions per id, and a subscription looks each delivered id up three
+/// times; this is a folded multiply per word with two keys drawn at random per map, so
+/// ids a producer picks (`XADD` takes explicit ids) cannot be made to collide without
+/// the keys. It is not a cryptographic hash.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct IdHash {
+    keys: (u64, u64),
+}
+
+impl Default for IdHash {
+    fn default() -> Self {
+        // The standard library's random SipHash keys, drawn once per map, hash two
+        // constants into two random words.
+        let random = RandomState::new();
+        Self {
+            keys: (random.hash_one(0u8), random.hash_one(1u8)),
+        }
+    }
+}
+
+impl BuildHasher for IdHash {
+    type Hasher = IdHasher;
+
+    fn build_hasher(&self) -> IdHasher {
+        IdHasher {
+            key: self.keys.1,
+            state: self.keys.0,
+        }
+    }
+}
+
+/// The hasher of [`IdHash`].
+#[derive(Debug)]
+pub(crate) struct IdHasher {
+    key: u64,
+    state: u64,
+}
+
+impl Hasher for IdHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut word = [0; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            self.write_u64(u64::from_le_bytes(word));
+        }
+    }
+
+    fn write_u64(&mut self, word: u64) {
+        let product = u128::from(self.state ^ word) * u128::from(self.key);
+        self.state = (product as u64) ^ ((product >> 64) as u64);
+    }
+
+    fn finish(&self) -> u64 {
+        self.state
+    }
+}
 
 /// The `XADD` of `message` to the stream `key` (capped at about `max_len` entries when
 /// given), sized once for all its arguments; `scratch` is a buffer the caller may reuse

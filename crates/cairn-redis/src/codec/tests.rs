@@ -387,5 +387,63 @@ fn entry_ids_parse_print_and_order_numerically() {
     let large = EntryId::parse(b"10-0").unwrap();
     assert!(small < large);
     assert_eq!(large.to_string(), "10-0");
-    assert_eq!(EntryId::parse(b"nonsense"), None);
+    let widest = EntryId {
+        ms: u64::MAX,
+        seq: u64::MAX,
+    };
+    let text = widest.to_string();
+    assert_eq!(text, format!("{}-{}", u64::MAX, u64::MAX));
+    assert_eq!(EntryId::parse(text.as_bytes()), Some(widest));
+    assert_eq!(EntryId { ms: 0, seq: 0 }.to_string(), "0-0");
+    let mut command = redis::cmd("XACK");
+    command.arg(EntryId {
+        ms: 1_712_000_000_123,
+        seq: 42,
+    });
+    assert!(
+        command
+            .args_iter()
+            .any(|arg| matches!(arg, redis::Arg::Simple(b"1712000000123-42")))
+    );
+    for bad in [
+        &b"nonsense"[..],
+        b"",
+        b"-",
+        b"1-",
+        b"-1",
+        b"1-2-3",
+        b"+1-2",
+        b"1-x",
+        b"18446744073709551616-0",
+        b"1 -2",
+    ] {
+        assert_eq!(
+            EntryId::parse(bad),
+            None,
+            "{:?}",
+            String::from_utf8_lossy(bad)
+        );
+    }
+}
+
+#[test]
+fn the_id_map_finds_what_it_holds() {
+    let mut map = EntryMap::default();
+    for ms in 0..1_000u64 {
+        map.insert(EntryId { ms, seq: ms % 7 }, ms);
+    }
+    for ms in 0..1_000u64 {
+        assert_eq!(map.get(&EntryId { ms, seq: ms % 7 }), Some(&ms));
+        assert_eq!(
+            map.get(&EntryId {
+                ms,
+                seq: ms % 7 + 1
+            }),
+            None
+        );
+    }
+    // Two maps draw different keys.
+    let (a, b) = (IdHash::default(), IdHash::default());
+    let id = EntryId { ms: 5, seq: 1 };
+    assert_ne!(a.hash_one(id), b.hash_one(id));
 }

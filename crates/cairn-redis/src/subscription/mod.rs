@@ -21,7 +21,6 @@ mod claims;
 pub(crate) mod keeper;
 pub(crate) mod reader;
 
-use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -37,7 +36,7 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::DropGuard;
 
-use crate::codec::{Entry, EntryId, Refused, read_entry};
+use crate::codec::{Entry, EntryId, EntryMap, Refused, read_entry};
 use crate::error;
 use crate::options::RedisOptions;
 
@@ -77,7 +76,7 @@ pub(crate) struct State {
     /// epochs are stale.
     pub(crate) epoch: u64,
     /// Every entry taking a slot, and where it stands.
-    pub(crate) outstanding: HashMap<EntryId, Held>,
+    pub(crate) outstanding: EntryMap<Held>,
 }
 
 /// What a subscription's tasks and deliveries share.
