@@ -492,11 +492,10 @@ pub(crate) fn read_entry(value: Value) -> Option<Result<Entry, Refused>> {
     })
 }
 
-/// Reads a list of entries; values of another shape are left out.
-pub(crate) fn read_entries(value: Value) -> Vec<Result<Entry, Refused>> {
-    match value {
-        Value::Array(entries) => entries.into_iter().filter_map(read_entry).collect(),
-        _ => Vec::new(),
+/// Reads a list of entries into `out`; values of another shape are left out.
+pub(crate) fn read_entries(value: Value, out: &mut Vec<Result<Entry, Refused>>) {
+    if let Value::Array(entries) = value {
+        out.extend(entries.into_iter().filter_map(read_entry));
     }
 }
 

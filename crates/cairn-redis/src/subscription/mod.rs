@@ -224,18 +224,23 @@ impl Shared {
 
     /// Sends the waiting acks, one `XACK` per round, until none are left.
     async fn flush_acks(self: Arc<Self>) {
+        // The batch and the command are made once per flush task, then cleared and
+        // refilled each round: a busy subscription's rounds are hundreds of acks, and
+        // buffers that large cost the allocator more than small ones.
+        let mut batch = Vec::new();
+        let mut command = redis::Cmd::new();
         loop {
-            let batch = {
+            {
                 let mut acks = self.acks.lock().unwrap_or_else(PoisonError::into_inner);
                 if acks.waiting.is_empty() {
                     acks.flushing = false;
                     return;
                 }
-                std::mem::take(&mut acks.waiting)
-            };
+                std::mem::swap(&mut acks.waiting, &mut batch);
+            }
             let mut connection = self.connection.clone();
-            let mut command = redis::cmd("XACK");
-            command.arg(&self.key).arg(&self.group);
+            command.clear();
+            command.arg("XACK").arg(&self.key).arg(&self.group);
             for (id, _) in &batch {
                 command.arg(*id);
             }
@@ -250,7 +255,7 @@ impl Shared {
                             .count()
                     };
                     self.free_slots(removed);
-                    for (_, done) in batch {
+                    for (_, done) in batch.drain(..) {
                         let _ = done.send(Ok(()));
                     }
                 }
@@ -268,7 +273,7 @@ impl Shared {
                             .collect()
                     };
                     let _ = self.keeper.send(Command::Redeliver(ids));
-                    for (_, done) in batch {
+                    for (_, done) in batch.drain(..) {
                         let _ = done.send(Err(self.map_error("ack", cause.clone())));
                     }
                 }
