@@ -5,17 +5,19 @@
 //!
 //! One entry per message, with two fields, in this order:
 //!
-//! | field     | value                                                          |
-//! |-----------|----------------------------------------------------------------|
-//! | `meta`    | every attribute of the message but the payload, in the binary layout below |
-//! | `payload` | the payload bytes, as they are                                 |
+//! | field        | value                                                                 |
+//! |--------------|-----------------------------------------------------------------------|
+//! | `cairn-meta` | every attribute of the message but the payload, in the layout below  |
+//! | `payload`    | the payload bytes, as they are                                        |
 //!
 //! Two fields, not one per attribute, because a consumer's largest cost is the client
 //! parsing `XREADGROUP` replies, element by element: an entry costs its id, its field
 //! list and four elements, where a field per attribute cost ten or more. The payload
 //! stays a field of its own, unencoded, so `redis-cli` shows it as it was published.
+//! The metadata field's name says whose it is, so that another producer's entry with a
+//! field of a plainer name (`meta`, say) is still read as the lenient reading below says.
 //!
-//! # The `meta` field, version 1
+//! # The `cairn-meta` field, version 1
 //!
 //! | bytes | content |
 //! |---|---|
@@ -36,15 +38,16 @@
 //! source, content type `application/json`, key `k` and no headers is `01`, the 16 id
 //! bytes `01 89 0a … 80 57`, `01`, `01 74`, `00`, `10 61 70 … 6f 6e`, `01 6b`, `00`.
 //!
-//! A reader refuses a `meta` field whose version it does not know or whose bytes do not
-//! follow the layout of their version ([`MetaError`]); the subscription reports such an
-//! entry and leaves it pending (see the [crate docs](crate)). A new layout gets the next
-//! version number; readers that know it must be running before any producer writes it.
+//! A reader refuses a `cairn-meta` field whose version it does not know or whose bytes
+//! do not follow the layout of their version ([`MetaError`]); the subscription reports
+//! such an entry and leaves it pending (see the [crate docs](crate)). A new layout gets
+//! the next version number; readers that know it must be running before any producer
+//! writes it.
 //!
-//! # Entries without `meta`
+//! # Entries without `cairn-meta`
 //!
 //! Entries written by earlier releases of this crate, or by other producers, have no
-//! `meta` field and are read field by field, leniently:
+//! `cairn-meta` field and are read field by field, leniently:
 //!
 //! | field          | value                                        |
 //! |----------------|----------------------------------------------|
@@ -57,8 +60,8 @@
 //! | `payload`      | the payload bytes, as they are               |
 //!
 //! A missing or unreadable `id` becomes a UUID made of the entry id, missing text fields
-//! become empty, fields with other names are ignored. In an entry with a `meta` field,
-//! only `meta` and `payload` are read; a missing `payload` is an empty one.
+//! become empty, fields with other names are ignored. In an entry with a `cairn-meta`
+//! field, only `cairn-meta` and `payload` are read; a missing `payload` is an empty one.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -70,10 +73,10 @@ use redis::{Cmd, Value};
 use uuid::Uuid;
 
 /// The field holding every attribute of a message but its payload.
-pub const META: &str = "meta";
+pub const META: &str = "cairn-meta";
 /// The field holding the payload.
 pub const PAYLOAD: &str = "payload";
-/// The version of the `meta` layout this release writes, and the only one it reads.
+/// The version of the `cairn-meta` layout this release writes, and the only one it reads.
 pub const META_VERSION: u8 = 1;
 
 /// Flag bit: the message has a key.
@@ -83,7 +86,7 @@ const MAX_VARINT: u32 = 10;
 
 const HEADER_PREFIX: &str = "h:";
 
-/// Why a `meta` field cannot be read.
+/// Why a `cairn-meta` field cannot be read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum MetaError {
@@ -292,7 +295,7 @@ pub(crate) fn xadd(
     command
 }
 
-/// Writes the `meta` field of `message` (the current version) to `out`.
+/// Writes the `cairn-meta` field of `message` (the current version) to `out`.
 pub(crate) fn encode_meta(message: &Message, out: &mut Vec<u8>) {
     out.reserve(
         20 + message.message_type.len()
@@ -335,7 +338,7 @@ fn put_text(out: &mut Vec<u8>, text: &str) {
     out.extend_from_slice(text.as_bytes());
 }
 
-/// Reads a `meta` field and puts `payload` in the message it describes.
+/// Reads a `cairn-meta` field and puts `payload` in the message it describes.
 ///
 /// # Errors
 ///
@@ -392,7 +395,7 @@ pub fn decode_meta(meta: &[u8], payload: Bytes) -> Result<Message, MetaError> {
     })
 }
 
-/// Reads a `meta` field from its start; every step checks what is left.
+/// Reads a `cairn-meta` field from its start; every step checks what is left.
 struct Cursor<'a> {
     bytes: &'a [u8],
     at: usize,
@@ -465,7 +468,7 @@ pub(crate) struct Entry {
     pub(crate) message: Message,
 }
 
-/// An entry the reader refuses: its `meta` field cannot be read.
+/// An entry the reader refuses: its `cairn-meta` field cannot be read.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Refused {
     pub(crate) id: EntryId,
@@ -499,7 +502,8 @@ pub(crate) fn read_entries(value: Value, out: &mut Vec<Result<Entry, Refused>>) 
     }
 }
 
-/// Reads the fields of entry `entry`: through `meta` when it has one, else field by field.
+/// Reads the fields of entry `entry`: through `cairn-meta` when it has one, else field by
+/// field.
 fn read_message(entry: EntryId, fields: Vec<Value>) -> Result<Message, MetaError> {
     let compact = fields
         .iter()

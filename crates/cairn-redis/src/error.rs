@@ -17,8 +17,8 @@ use crate::codec::MetaError;
 pub struct StaleDelivery;
 
 /// The cause carried by [`TransportError::Broker`] when a subscription meets an entry
-/// whose `meta` field it cannot read: written in a version it does not know, or damaged.
-/// The entry is not handed out and stays pending, so it is not lost: after
+/// whose `cairn-meta` field it cannot read: written in a version it does not know, or
+/// damaged. The entry is not handed out and stays pending, so it is not lost: after
 /// [`claim_idle`](crate::RedisOptions::claim_idle) a consumer of the group takes it over
 /// (one that knows its version handles it; one that does not reports it again).
 #[derive(Debug, thiserror::Error)]
@@ -29,7 +29,7 @@ pub struct UndecodableEntry {
     pub stream: String,
     /// The entry's id, `<milliseconds>-<sequence>`.
     pub entry: String,
-    /// Why its `meta` field cannot be read.
+    /// Why its `cairn-meta` field cannot be read.
     #[source]
     pub reason: MetaError,
 }

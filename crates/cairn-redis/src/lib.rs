@@ -7,7 +7,7 @@
 //! | Cairn | Redis |
 //! |---|---|
 //! | topic `t` | the stream `<prefix>:t` ([`RedisOptions::prefix`]), one entry per message |
-//! | message | an entry of two fields: `meta`, the id, type, source, key, content type and headers in a small versioned binary layout, and `payload`, the payload as it is (see [`codec`]) |
+//! | message | an entry of two fields: `cairn-meta`, the id, type, source, key, content type and headers in a small versioned binary layout, and `payload`, the payload as it is (see [`codec`]) |
 //! | publish | one `XADD` per message, the batch pipelined in one round trip (not a transaction: after an error, part of the batch may be stored, as the `Publisher` contract allows) |
 //! | group | a consumer group, created at the group's first subscription (`XGROUP CREATE ... $ MKSTREAM`): it gets what is published from then on |
 //! | subscription | a consumer of the group (a fresh name each time) reading with `XREADGROUP ... >` |
@@ -22,8 +22,9 @@
 //! element of an `XREADGROUP` reply one by one, and that parsing is the largest cost of
 //! consuming: an entry is now its id, its field list and four elements, where a field per
 //! attribute made ten or more. `redis-cli` still shows each payload as it was published.
-//! Entries without `meta` (written by earlier releases, or by other producers, one field
-//! per attribute) are still read, leniently, so a stream upgraded mid-way loses nothing.
+//! Entries without `cairn-meta` (written by earlier releases, or by other producers, one
+//! field per attribute) are still read, leniently, so a stream upgraded mid-way loses
+//! nothing.
 //!
 //! A live subscription refreshes the idle time of every entry it holds (`XCLAIM ...
 //! JUSTID` on the entries it still owns) three times per `claim_idle`, so a slow handler
@@ -52,9 +53,9 @@
 //!   as with the in-memory broker.
 //! - **Dead letters** are not the broker's: the router's dead-letter middleware parks
 //!   messages; Redis only counts deliveries.
-//! - **Entries that cannot be read** (a `meta` field of a version this release does not
-//!   know, written by a newer one, or damaged; see [`MetaError`]) are not handed out: the
-//!   subscription reports each as an error item on its stream, a
+//! - **Entries that cannot be read** (a `cairn-meta` field of a version this release does
+//!   not know, written by a newer one, or damaged; see [`MetaError`]) are not handed out:
+//!   the subscription reports each as an error item on its stream, a
 //!   [`TransportError::Broker`] carrying [`UndecodableEntry`] (stream, entry id, reason),
 //!   and leaves it pending. It is never acknowledged, so it is not lost: after
 //!   [`RedisOptions::claim_idle`] a consumer of the group takes it over, and one that

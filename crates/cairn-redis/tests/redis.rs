@@ -331,7 +331,7 @@ async fn entries_of_the_field_per_attribute_layout_still_arrive_beside_compact_o
         .unwrap();
     let (_, fields) = &entries[1];
     let names: Vec<&str> = fields.iter().map(|(name, _)| name.as_str()).collect();
-    assert_eq!(names, ["meta", "payload"]);
+    assert_eq!(names, ["cairn-meta", "payload"]);
     assert_eq!(fields[1].1, new.payload);
     assert_eq!(fields[0].1.first(), Some(&cairn_redis::codec::META_VERSION));
 }
@@ -349,13 +349,13 @@ async fn an_entry_that_cannot_be_read_is_reported_and_left_pending_while_others_
     let newer = raw_add(
         &mut connection,
         &key,
-        &[("meta", &[2, 0xaa, 0xbb]), ("payload", b"kept")],
+        &[("cairn-meta", &[2, 0xaa, 0xbb]), ("payload", b"kept")],
     )
     .await;
     let damaged = raw_add(
         &mut connection,
         &key,
-        &[("meta", &[1, 0x01, 0x89]), ("payload", b"kept too")],
+        &[("cairn-meta", &[1, 0x01, 0x89]), ("payload", b"kept too")],
     )
     .await;
     let good = Message::new("order.placed", Bytes::from_static(b"{}"));

@@ -52,7 +52,7 @@ fn an_entry_has_two_fields_meta_then_the_payload_as_it_is() {
     let message = full();
     let reply = as_reply(&written(&message));
     assert_eq!(reply.len(), 4);
-    assert_eq!(reply[0], bulk(b"meta"));
+    assert_eq!(reply[0], bulk(b"cairn-meta"));
     assert_eq!(reply[1], bulk(&meta_of(&message)));
     assert_eq!(reply[2], bulk(b"payload"));
     assert_eq!(reply[3], bulk(&[0, 255, 10]));
@@ -72,11 +72,20 @@ fn an_xadd_names_the_stream_and_caps_it_when_asked() {
     };
     let meta = meta_of(&message);
     let plain = args(&xadd("s", None, &message, &mut Vec::new()));
-    let expected: Vec<&[u8]> = vec![b"XADD", b"s", b"*", b"meta", &meta, b"payload", b"p"];
+    let expected: Vec<&[u8]> = vec![b"XADD", b"s", b"*", b"cairn-meta", &meta, b"payload", b"p"];
     assert_eq!(plain, expected);
     let capped = args(&xadd("s", Some(1000), &message, &mut vec![7; 3]));
     let expected: Vec<&[u8]> = vec![
-        b"XADD", b"s", b"MAXLEN", b"~", b"1000", b"*", b"meta", &meta, b"payload", b"p",
+        b"XADD",
+        b"s",
+        b"MAXLEN",
+        b"~",
+        b"1000",
+        b"*",
+        b"cairn-meta",
+        &meta,
+        b"payload",
+        b"p",
     ];
     assert_eq!(capped, expected);
 }
@@ -156,7 +165,7 @@ fn an_entry_with_an_unreadable_meta_field_is_refused_with_its_id() {
     let entry = Value::Array(vec![
         bulk(b"7-3"),
         Value::Array(vec![
-            bulk(b"meta"),
+            bulk(b"cairn-meta"),
             bulk(&[9, 9, 9]),
             bulk(b"payload"),
             bulk(b"x"),
@@ -346,6 +355,18 @@ fn an_entry_from_another_producer_still_reads() {
 }
 
 #[test]
+fn another_producers_field_named_meta_is_not_taken_for_cairns() {
+    let fields = vec![
+        bulk(b"meta"),
+        bulk(b"{\"source\":\"sensor\"}"),
+        bulk(b"type"),
+        bulk(b"reading"),
+    ];
+    let message = read_message(EntryId { ms: 3, seq: 0 }, fields).unwrap();
+    assert_eq!(message.message_type, "reading");
+}
+
+#[test]
 fn an_entry_of_the_field_per_attribute_layout_reads_whole() {
     let message = full();
     let fields = vec![
@@ -375,7 +396,7 @@ fn in_an_entry_with_meta_other_fields_are_ignored_and_a_missing_payload_is_empty
     let fields = vec![
         bulk(b"type"),
         bulk(b"ignored"),
-        bulk(b"meta"),
+        bulk(b"cairn-meta"),
         bulk(&meta_of(&message)),
     ];
     assert_eq!(read_message(EntryId { ms: 1, seq: 2 }, fields), Ok(message));

@@ -157,9 +157,10 @@ impl Shared {
         let _ = outbox.send(Ok((epoch, delivery)));
     }
 
-    /// Reports an entry whose `meta` field cannot be read. It is not handed out and takes
-    /// no slot; it stays pending, untracked and not refreshed, so that after `claim_idle`
-    /// a consumer of the group takes it over (and one that knows its version handles it).
+    /// Reports an entry whose `cairn-meta` field cannot be read. It is not handed out and
+    /// takes no slot; it stays pending, untracked and not refreshed, so that after
+    /// `claim_idle` a consumer of the group takes it over (and one that knows its version
+    /// handles it).
     pub(crate) fn refuse(&self, outbox: &Outbox, refused: Refused) {
         tracing::warn!(topic = %self.topic, group = %self.group, entry = %refused.id, reason = %refused.reason, "an entry cannot be read; it stays pending");
         let _ = outbox.send(Err(error::undecodable(
