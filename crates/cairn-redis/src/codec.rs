@@ -267,11 +267,17 @@ pub(crate) fn xadd(
 ) -> Cmd {
     scratch.clear();
     encode_meta(message, scratch);
-    // XADD, key, [MAXLEN ~ n,] *, meta, its value, payload, its value.
-    let bytes = 4 + key.len() + 1 + 4 + scratch.len() + 7 + message.payload.len();
+    // XADD, key, [MAXLEN ~ n,] *, the metadata field, its value, payload, its value.
+    let bytes = "XADD*".len()
+        + key.len()
+        + META.len()
+        + scratch.len()
+        + PAYLOAD.len()
+        + message.payload.len();
     let mut command = match max_len {
         Some(max_len) => {
-            let mut command = Cmd::with_capacity(10, bytes + 7 + 20);
+            // At most 20 digits.
+            let mut command = Cmd::with_capacity(10, bytes + "MAXLEN~".len() + 20);
             command
                 .arg("XADD")
                 .arg(key)
