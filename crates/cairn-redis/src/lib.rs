@@ -41,8 +41,10 @@
 //!   with the defaults (`everysec`, or no persistence at all) a crash of the server loses
 //!   what it had not written. There is no replication wait (`WAIT`).
 //! - **No de-duplication on publish**: Redis has no message-id de-duplication, so a
-//!   publish retried after an error whose outcome is unknown may store the message twice
-//!   (same message id). The inbox (`cairn_bus::dedup`) makes the duplicate harmless.
+//!   publish retried after an error may store some of its messages twice (same message
+//!   id): the outcome of an error on the wire is unknown, and a batch is not a
+//!   transaction, so when one `XADD` fails the others are stored. The inbox
+//!   (`cairn_bus::dedup`) makes the duplicates harmless.
 //! - **Nack delays live in the subscription**: an entry nacked with a delay stays pending
 //!   under its consumer, which holds it back until it is due. If that consumer dies
 //!   meanwhile, another takes the entry over after `claim_idle`, which may be before the
