@@ -24,7 +24,9 @@
 //! attribute made ten or more. `redis-cli` still shows each payload as it was published.
 //! Entries without `cairn-meta` (written by earlier releases, or by other producers, one
 //! field per attribute) are still read, leniently, so a stream upgraded mid-way loses
-//! nothing.
+//! nothing. The other way round does not hold: an earlier release reads an entry of two
+//! fields as a message with no type and an id made of the entry id, which its router
+//! cannot route, so upgrade the consumers of a topic before its producers.
 //!
 //! A live subscription refreshes the idle time of every entry it holds (`XCLAIM ...
 //! JUSTID` on the entries it still owns) three times per `claim_idle`, so a slow handler
