@@ -351,7 +351,7 @@ fn put_text(out: &mut Vec<u8>, text: &str) {
 /// [`MetaError::UnknownVersion`] for a version other than [`META_VERSION`],
 /// [`MetaError::Malformed`] for bytes that do not follow its layout. Never panics,
 /// whatever the bytes.
-pub fn decode_meta(meta: &[u8], payload: Bytes) -> Result<Message, MetaError> {
+pub(crate) fn decode_meta(meta: &[u8], payload: Bytes) -> Result<Message, MetaError> {
     let mut cursor = Cursor { bytes: meta, at: 0 };
     let version = cursor.byte("the metadata is empty")?;
     if version != META_VERSION {
