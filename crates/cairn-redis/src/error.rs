@@ -1,10 +1,12 @@
-//! How the client's errors become [`TransportError`]s, [`StaleDelivery`], and the
-//! redaction that keeps passwords out of every message.
+//! How the client's errors become [`TransportError`]s, [`StaleDelivery`],
+//! [`UndecodableEntry`], and the redaction that keeps passwords out of every message.
 
 use std::time::Duration;
 
 use cairn_bus::TransportError;
 use redis::{ErrorKind, RedisError, ServerErrorKind};
+
+use crate::codec::MetaError;
 
 /// The cause carried by [`TransportError::Broker`] when a delivery handed out before the
 /// subscription lost its connection is answered: the message was handed out again since,
@@ -13,6 +15,36 @@ use redis::{ErrorKind, RedisError, ServerErrorKind};
 #[error("the delivery was handed out before the connection dropped; it is delivered again")]
 #[non_exhaustive]
 pub struct StaleDelivery;
+
+/// The cause carried by [`TransportError::Broker`] when a subscription meets an entry
+/// whose `cairn-meta` field it cannot read: written in a version it does not know, or
+/// damaged. The entry is not handed out and stays pending, so it is not lost: after
+/// [`claim_idle`](crate::RedisOptions::claim_idle) a consumer of the group takes it over
+/// (one that knows its version handles it; one that does not reports it again).
+#[derive(Debug, thiserror::Error)]
+#[error("entry {entry} of stream {stream} is left pending, unread: {reason}")]
+#[non_exhaustive]
+pub struct UndecodableEntry {
+    /// The stream's key.
+    pub stream: String,
+    /// The entry's id, `<milliseconds>-<sequence>`.
+    pub entry: String,
+    /// Why its `cairn-meta` field cannot be read.
+    #[source]
+    pub reason: MetaError,
+}
+
+/// The error reporting an entry of `stream` the subscription refuses.
+pub(crate) fn undecodable(stream: &str, entry: String, reason: MetaError) -> TransportError {
+    TransportError::Broker {
+        operation: "reading an entry".to_owned(),
+        source: Box::new(UndecodableEntry {
+            stream: stream.to_owned(),
+            entry,
+            reason,
+        }),
+    }
+}
 
 /// The error of answering a stale delivery.
 pub(crate) fn stale(operation: &str) -> TransportError {

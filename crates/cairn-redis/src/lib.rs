@@ -7,8 +7,8 @@
 //! | Cairn | Redis |
 //! |---|---|
 //! | topic `t` | the stream `<prefix>:t` ([`RedisOptions::prefix`]), one entry per message |
-//! | message fields | entry fields `id`, `type`, `source` (when not empty), `key` (when set), `content-type`, `h:<header>` per header, `payload` (see [`codec`]) |
-//! | publish | one `XADD` per message, the batch in one `MULTI`/`EXEC` round trip |
+//! | message | an entry of two fields: `cairn-meta`, the id, type, source, key, content type and headers in a small versioned binary layout, and `payload`, the payload as it is (see [`codec`]) |
+//! | publish | one `XADD` per message, the batch pipelined in one round trip (not a transaction: after an error, part of the batch may be stored, as the `Publisher` contract allows) |
 //! | group | a consumer group, created at the group's first subscription (`XGROUP CREATE ... $ MKSTREAM`): it gets what is published from then on |
 //! | subscription | a consumer of the group (a fresh name each time) reading with `XREADGROUP ... >` |
 //! | prefetch | the subscription's slots: each read asks for `COUNT` = free slots, and a delivery holds its slot until answered |
@@ -17,6 +17,16 @@
 //! | attempt | the entry's delivery count (`XPENDING`), 1 for a first read |
 //! | a dead consumer | its pending entries, idle longer than [`RedisOptions::claim_idle`], are taken over by another consumer of the group (`XAUTOCLAIM`) |
 //! | lag | `lag` + `pending` of the group in `XINFO GROUPS` |
+//!
+//! Two fields per entry, rather than one per attribute, because the client parses every
+//! element of an `XREADGROUP` reply one by one, and that parsing is the largest cost of
+//! consuming: an entry is now its id, its field list and four elements, where a field per
+//! attribute made ten or more. `redis-cli` still shows each payload as it was published.
+//! Entries without `cairn-meta` (written by earlier releases, or by other producers, one
+//! field per attribute) are still read, leniently, so a stream upgraded mid-way loses
+//! nothing. The other way round does not hold: an earlier release reads an entry of two
+//! fields as a message with no type and an id made of the entry id, which its router
+//! cannot route, so upgrade the consumers of a topic before its producers.
 //!
 //! A live subscription refreshes the idle time of every entry it holds (`XCLAIM ...
 //! JUSTID` on the entries it still owns) three times per `claim_idle`, so a slow handler
@@ -33,8 +43,10 @@
 //!   with the defaults (`everysec`, or no persistence at all) a crash of the server loses
 //!   what it had not written. There is no replication wait (`WAIT`).
 //! - **No de-duplication on publish**: Redis has no message-id de-duplication, so a
-//!   publish retried after an error whose outcome is unknown may store the message twice
-//!   (same message id). The inbox (`cairn_bus::dedup`) makes the duplicate harmless.
+//!   publish retried after an error may store some of its messages twice (same message
+//!   id): the outcome of an error on the wire is unknown, and a batch is not a
+//!   transaction, so when one `XADD` fails the others are stored. The inbox
+//!   (`cairn_bus::dedup`) makes the duplicates harmless.
 //! - **Nack delays live in the subscription**: an entry nacked with a delay stays pending
 //!   under its consumer, which holds it back until it is due. If that consumer dies
 //!   meanwhile, another takes the entry over after `claim_idle`, which may be before the
@@ -45,6 +57,16 @@
 //!   as with the in-memory broker.
 //! - **Dead letters** are not the broker's: the router's dead-letter middleware parks
 //!   messages; Redis only counts deliveries.
+//! - **Entries that cannot be read** (a `cairn-meta` field of a version this release does
+//!   not know, written by a newer one, or damaged; see [`MetaError`]) are not handed out:
+//!   the subscription reports each as an error item on its stream, a
+//!   [`TransportError::Broker`] carrying [`UndecodableEntry`] (stream, entry id, reason),
+//!   and leaves it pending. It is never acknowledged, so it is not lost: after
+//!   [`RedisOptions::claim_idle`] a consumer of the group takes it over, and one that
+//!   knows its version handles it; until then it is reported again every `claim_idle`
+//!   and holds back trimming. Start consumers that know a new version before producers
+//!   that write it. An entry nobody will ever read is removed by hand (`XACK <stream>
+//!   <group> <id>`).
 //! - **Stopping**: a subscription whose stream is dropped while a read is on its way may
 //!   leave the entries of that read pending under its name; they go to another consumer
 //!   after `claim_idle`, as the next attempt. Entries it handed out and that are still
@@ -79,6 +101,7 @@
 //!
 //! [`TransportError::Unreachable`]: cairn_bus::TransportError::Unreachable
 //! [`TransportError::Refused`]: cairn_bus::TransportError::Refused
+//! [`TransportError::Broker`]: cairn_bus::TransportError::Broker
 
 pub mod codec;
 mod error;
@@ -87,6 +110,7 @@ mod scripts;
 mod subscription;
 mod transport;
 
-pub use error::{StaleDelivery, redact};
+pub use codec::MetaError;
+pub use error::{StaleDelivery, UndecodableEntry, redact};
 pub use options::{DEFAULT_CLAIM_IDLE, DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_PREFIX, RedisOptions};
 pub use transport::RedisTransport;

@@ -12,7 +12,7 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::codec::write_fields;
+use crate::codec::xadd;
 use crate::error::{self, redact};
 use crate::options::RedisOptions;
 use crate::subscription::{Shared, State, Subscription, keeper, reader};
@@ -216,17 +216,16 @@ impl Publisher for RedisTransport {
             return Err(TransportError::Closed);
         }
         let key = self.stream_key(topic);
-        let mut pipe = redis::pipe();
-        pipe.atomic();
+        let mut pipe = redis::Pipeline::with_capacity(messages.len());
+        let mut scratch = Vec::new();
         for message in &messages {
-            let mut command = redis::cmd("XADD");
-            command.arg(&key);
-            if let Some(max_len) = self.inner.options.max_len {
-                command.arg("MAXLEN").arg("~").arg(max_len);
-            }
-            command.arg("*");
-            write_fields(&mut command, message);
-            pipe.add_command(command).ignore();
+            // Not `ignore`d: each would cost a hash-set insert, and `()` takes any reply.
+            pipe.add_command(xadd(
+                &key,
+                self.inner.options.max_len,
+                message,
+                &mut scratch,
+            ));
         }
         let mut connection = self.inner.connection.clone();
         pipe.query_async::<()>(&mut connection)

@@ -1,5 +1,6 @@
 //! What the transport suite does not cover: connection errors, lag, a slow handler
-//! keeping its delivery, and trimming. Against the shared server (under a prefix of the
+//! keeping its delivery, trimming, entries of the earlier layout and entries that cannot
+//! be read. Against the shared server (under a prefix of the
 //! test's own, deleted afterwards) or a private one.
 
 mod common;
@@ -8,8 +9,10 @@ use std::net::{Ipv4Addr, TcpListener};
 use std::time::Duration;
 
 use bytes::Bytes;
-use cairn_bus::{Message, Publisher, Subscriber, SubscriptionSpec, TransportError};
-use cairn_redis::RedisTransport;
+use cairn_bus::{
+    Deliveries, Delivery, Message, Publisher, Subscriber, SubscriptionSpec, TransportError,
+};
+use cairn_redis::{MetaError, RedisTransport, UndecodableEntry};
 use common::{Cleanup, PrivateServer, SHARED, test_options, unique_prefix};
 use futures::StreamExt;
 
@@ -209,4 +212,196 @@ async fn tidying_trims_what_every_group_acknowledged_and_nothing_else() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// An entry as `XRANGE` returns it: its id and its fields.
+type Entry = (String, Vec<(String, Vec<u8>)>);
+
+/// A connection of the test's own to the shared server.
+async fn raw_connection() -> redis::aio::MultiplexedConnection {
+    redis::Client::open(format!("redis://{SHARED}"))
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap()
+}
+
+/// `XADD key * field value ...`, returning the entry id.
+async fn raw_add(
+    connection: &mut redis::aio::MultiplexedConnection,
+    key: &str,
+    fields: &[(&str, &[u8])],
+) -> String {
+    let mut command = redis::cmd("XADD");
+    command.arg(key).arg("*");
+    for (name, value) in fields {
+        command.arg(*name).arg(*value);
+    }
+    command.query_async(connection).await.unwrap()
+}
+
+async fn next(deliveries: &mut Deliveries) -> Result<Delivery, TransportError> {
+    tokio::time::timeout(PATIENCE, deliveries.next())
+        .await
+        .expect("an item in time")
+        .expect("the stream goes on")
+}
+
+/// The ids pending in `group` of `key`.
+async fn pending(
+    connection: &mut redis::aio::MultiplexedConnection,
+    key: &str,
+    group: &str,
+) -> Vec<String> {
+    let rows: Vec<(String, String, u64, u64)> = redis::cmd("XPENDING")
+        .arg(key)
+        .arg(group)
+        .arg("-")
+        .arg("+")
+        .arg(100)
+        .query_async(connection)
+        .await
+        .unwrap();
+    rows.into_iter().map(|(id, ..)| id).collect()
+}
+
+#[tokio::test]
+async fn entries_of_the_field_per_attribute_layout_still_arrive_beside_compact_ones() {
+    let (transport, _cleanup) = shared(|options| options).await;
+    let spec = SubscriptionSpec::new("orders", "billing");
+    let mut deliveries = transport.subscribe(&spec).await.unwrap();
+    let key = transport.stream_key("orders");
+    let mut connection = raw_connection().await;
+
+    // What the previous release wrote, then this one, then the previous again: a
+    // producer upgraded mid-stream, a consumer reading across it.
+    let old = Message::new("order.placed", Bytes::from_static(b"{\"n\":1}"))
+        .with_key("order-1")
+        .with_source("/orders")
+        .with_header(
+            "traceparent",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        );
+    let old_id = old.id.hyphenated().to_string();
+    let traceparent = old.header("traceparent").unwrap().to_owned();
+    let old_fields: Vec<(&str, &[u8])> = vec![
+        ("id", old_id.as_bytes()),
+        ("type", b"order.placed"),
+        ("source", b"/orders"),
+        ("key", b"order-1"),
+        ("content-type", b"application/json"),
+        ("h:traceparent", traceparent.as_bytes()),
+        ("payload", &old.payload),
+    ];
+    raw_add(&mut connection, &key, &old_fields).await;
+    let new = Message::new("order.shipped", Bytes::from_static(b"{\"n\":2}"))
+        .with_key("order-1")
+        .with_header("x-tenant", "acme");
+    transport
+        .publish("orders", vec![new.clone()])
+        .await
+        .unwrap();
+    let older = Message::new("order.paid", Bytes::new()).with_content_type("");
+    let older_id = older.id.hyphenated().to_string();
+    raw_add(
+        &mut connection,
+        &key,
+        &[
+            ("id", older_id.as_bytes()),
+            ("type", b"order.paid"),
+            ("content-type", b""),
+        ],
+    )
+    .await;
+
+    for expected in [old, new.clone(), older] {
+        let delivery = next(&mut deliveries).await.unwrap();
+        assert_eq!(*delivery.message, expected);
+        assert_eq!(delivery.attempt, 1);
+        delivery.ack().await.unwrap();
+    }
+
+    // What operators see of the compact entry: two fields, the payload as it was sent.
+    let entries: Vec<Entry> = redis::cmd("XRANGE")
+        .arg(&key)
+        .arg("-")
+        .arg("+")
+        .query_async(&mut connection)
+        .await
+        .unwrap();
+    let (_, fields) = &entries[1];
+    let names: Vec<&str> = fields.iter().map(|(name, _)| name.as_str()).collect();
+    assert_eq!(names, ["cairn-meta", "payload"]);
+    assert_eq!(fields[1].1, new.payload);
+    assert_eq!(fields[0].1.first(), Some(&cairn_redis::codec::META_VERSION));
+}
+
+#[tokio::test]
+async fn an_entry_that_cannot_be_read_is_reported_and_left_pending_while_others_flow() {
+    let claim_idle = Duration::from_millis(300);
+    let (transport, _cleanup) = shared(|options| options.claim_idle(claim_idle)).await;
+    let spec = SubscriptionSpec::new("orders", "billing");
+    let mut deliveries = transport.subscribe(&spec).await.unwrap();
+    let key = transport.stream_key("orders");
+    let mut connection = raw_connection().await;
+
+    // A newer producer's layout, and a damaged one of the current version.
+    let newer = raw_add(
+        &mut connection,
+        &key,
+        &[("cairn-meta", &[2, 0xaa, 0xbb]), ("payload", b"kept")],
+    )
+    .await;
+    let damaged = raw_add(
+        &mut connection,
+        &key,
+        &[("cairn-meta", &[1, 0x01, 0x89]), ("payload", b"kept too")],
+    )
+    .await;
+    let good = Message::new("order.placed", Bytes::from_static(b"{}"));
+    transport
+        .publish("orders", vec![good.clone()])
+        .await
+        .unwrap();
+
+    let refused = |error: TransportError| -> (String, MetaError) {
+        let TransportError::Broker { source, .. } = error else {
+            panic!("expected a broker error, got {error:?}");
+        };
+        let undecodable = source
+            .downcast::<UndecodableEntry>()
+            .expect("the cause is UndecodableEntry");
+        assert_eq!(undecodable.stream, key);
+        (undecodable.entry, undecodable.reason)
+    };
+    let (entry, reason) = refused(next(&mut deliveries).await.unwrap_err());
+    assert_eq!(entry, newer);
+    assert_eq!(reason, MetaError::UnknownVersion { version: 2 });
+    let (entry, reason) = refused(next(&mut deliveries).await.unwrap_err());
+    assert_eq!(entry, damaged);
+    assert!(
+        matches!(reason, MetaError::Malformed { offset: 1, .. }),
+        "{reason:?}"
+    );
+    let delivery = next(&mut deliveries).await.unwrap();
+    assert_eq!(*delivery.message, good);
+    delivery.ack().await.unwrap();
+
+    // Neither is acknowledged: both stay pending, and after claim_idle they are taken
+    // over again (here by the same consumer) and reported again, so a consumer that
+    // knows the version would get them.
+    assert_eq!(
+        pending(&mut connection, &key, "billing").await,
+        [newer.clone(), damaged.clone()]
+    );
+    let mut again = vec![
+        refused(next(&mut deliveries).await.unwrap_err()).0,
+        refused(next(&mut deliveries).await.unwrap_err()).0,
+    ];
+    again.sort();
+    assert_eq!(again, [newer.clone(), damaged.clone()]);
+    assert_eq!(
+        pending(&mut connection, &key, "billing").await,
+        [newer, damaged]
+    );
 }

@@ -6,8 +6,8 @@ use std::sync::Arc;
 use redis::aio::ConnectionLike;
 use redis::{RedisError, Value};
 
-use super::{Held, Outbox, Shared, read_claimed};
-use crate::codec::{Entry, EntryId};
+use super::{Claimed, Held, Outbox, Shared, read_claimed};
+use crate::codec::EntryId;
 use crate::scripts;
 
 /// Claims `ids` for the subscription's consumer (counting one more delivery of each) and
@@ -16,7 +16,7 @@ pub(crate) async fn claim(
     shared: &Shared,
     connection: &mut impl ConnectionLike,
     ids: &[EntryId],
-) -> Result<Vec<(Entry, u32)>, RedisError> {
+) -> Result<Claimed, RedisError> {
     let mut command = scripts::claim(&shared.key, &shared.group, &shared.consumer);
     for id in ids {
         command.arg(id);
@@ -27,14 +27,21 @@ pub(crate) async fn claim(
 }
 
 /// Hands out again the entries `ids` (each [`Held::Redelivering`], holding a slot) that
-/// [`claim`] brought back; those it did not (acknowledged elsewhere, or deleted from the
-/// stream) leave, freeing their slots.
+/// [`claim`] brought back; those it did not (acknowledged elsewhere, deleted from the
+/// stream, or refused, which is reported) leave, freeing their slots.
 pub(crate) fn redelivered(
     shared: &Arc<Shared>,
     outbox: &Outbox,
     ids: &[EntryId],
-    claimed: Vec<(Entry, u32)>,
+    claimed: Claimed,
 ) {
+    let Claimed {
+        entries: claimed,
+        refused,
+    } = claimed;
+    for refused in refused {
+        shared.refuse(outbox, refused);
+    }
     let mut gone = 0;
     let mut handed = Vec::with_capacity(claimed.len());
     let epoch = {
@@ -94,7 +101,13 @@ pub(crate) async fn reclaim(
         return Ok(0);
     }
     let deleted = parts.pop().unwrap_or(Value::Nil);
-    let claimed = read_claimed(parts.pop().unwrap_or(Value::Nil));
+    let Claimed {
+        entries: claimed,
+        refused,
+    } = read_claimed(parts.pop().unwrap_or(Value::Nil));
+    for refused in refused {
+        shared.refuse(outbox, refused);
+    }
     if let Some(next) = parts.pop().as_ref().and_then(EntryId::from_value) {
         *cursor = next.to_string();
     }

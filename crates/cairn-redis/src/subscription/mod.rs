@@ -21,7 +21,6 @@ mod claims;
 pub(crate) mod keeper;
 pub(crate) mod reader;
 
-use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -37,7 +36,7 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::DropGuard;
 
-use crate::codec::{Entry, EntryId, read_entry};
+use crate::codec::{Entry, EntryId, EntryMap, Refused, read_entry};
 use crate::error;
 use crate::options::RedisOptions;
 
@@ -77,7 +76,7 @@ pub(crate) struct State {
     /// epochs are stale.
     pub(crate) epoch: u64,
     /// Every entry taking a slot, and where it stands.
-    pub(crate) outstanding: HashMap<EntryId, Held>,
+    pub(crate) outstanding: EntryMap<Held>,
 }
 
 /// What a subscription's tasks and deliveries share.
@@ -158,6 +157,19 @@ impl Shared {
         let _ = outbox.send(Ok((epoch, delivery)));
     }
 
+    /// Reports an entry whose `cairn-meta` field cannot be read. It is not handed out and
+    /// takes no slot; it stays pending, untracked and not refreshed, so that after
+    /// `claim_idle` a consumer of the group takes it over (and one that knows its version
+    /// handles it).
+    pub(crate) fn refuse(&self, outbox: &Outbox, refused: Refused) {
+        tracing::warn!(topic = %self.topic, group = %self.group, entry = %refused.id, reason = %refused.reason, "an entry cannot be read; it stays pending");
+        let _ = outbox.send(Err(error::undecodable(
+            &self.key,
+            refused.id.to_string(),
+            refused.reason,
+        )));
+    }
+
     /// Frees `count` slots.
     pub(crate) fn free_slots(&self, count: usize) {
         if count > 0 {
@@ -213,18 +225,23 @@ impl Shared {
 
     /// Sends the waiting acks, one `XACK` per round, until none are left.
     async fn flush_acks(self: Arc<Self>) {
+        // The batch and the command are made once per flush task, then cleared and
+        // refilled each round: a busy subscription's rounds are hundreds of acks, and
+        // buffers that large cost the allocator more than small ones.
+        let mut batch = Vec::new();
+        let mut command = redis::Cmd::new();
         loop {
-            let batch = {
+            {
                 let mut acks = self.acks.lock().unwrap_or_else(PoisonError::into_inner);
                 if acks.waiting.is_empty() {
                     acks.flushing = false;
                     return;
                 }
-                std::mem::take(&mut acks.waiting)
-            };
+                std::mem::swap(&mut acks.waiting, &mut batch);
+            }
             let mut connection = self.connection.clone();
-            let mut command = redis::cmd("XACK");
-            command.arg(&self.key).arg(&self.group);
+            command.clear();
+            command.arg("XACK").arg(&self.key).arg(&self.group);
             for (id, _) in &batch {
                 command.arg(*id);
             }
@@ -239,7 +256,7 @@ impl Shared {
                             .count()
                     };
                     self.free_slots(removed);
-                    for (_, done) in batch {
+                    for (_, done) in batch.drain(..) {
                         let _ = done.send(Ok(()));
                     }
                 }
@@ -257,7 +274,7 @@ impl Shared {
                             .collect()
                     };
                     let _ = self.keeper.send(Command::Redeliver(ids));
-                    for (_, done) in batch {
+                    for (_, done) in batch.drain(..) {
                         let _ = done.send(Err(self.map_error("ack", cause.clone())));
                     }
                 }
@@ -287,25 +304,37 @@ impl Shared {
     }
 }
 
+/// Entries claimed by the `CLAIM` or `RECLAIM` script, each with its delivery count, and
+/// those among them that cannot be read.
+#[derive(Debug, Default)]
+pub(crate) struct Claimed {
+    pub(crate) entries: Vec<(Entry, u32)>,
+    pub(crate) refused: Vec<Refused>,
+}
+
 /// Reads the reply of the `CLAIM` and `RECLAIM` scripts' entry lists: `{id, fields,
 /// delivery count}` each.
-pub(crate) fn read_claimed(value: Value) -> Vec<(Entry, u32)> {
+pub(crate) fn read_claimed(value: Value) -> Claimed {
+    let mut claimed = Claimed::default();
     let Value::Array(items) = value else {
-        return Vec::new();
+        return claimed;
     };
-    items
-        .into_iter()
-        .filter_map(|item| {
-            let Value::Array(mut parts) = item else {
-                return None;
-            };
-            let count = match parts.pop()? {
-                Value::Int(n) => u32::try_from(n).unwrap_or(u32::MAX),
-                _ => 1,
-            };
-            Some((read_entry(Value::Array(parts))?, count.max(1)))
-        })
-        .collect()
+    for item in items {
+        let Value::Array(mut parts) = item else {
+            continue;
+        };
+        let count = match parts.pop() {
+            Some(Value::Int(n)) => u32::try_from(n).unwrap_or(u32::MAX),
+            Some(_) => 1,
+            None => continue,
+        };
+        match read_entry(Value::Array(parts)) {
+            Some(Ok(entry)) => claimed.entries.push((entry, count.max(1))),
+            Some(Err(refused)) => claimed.refused.push(refused),
+            None => {}
+        }
+    }
+    claimed
 }
 
 /// The answer of one delivery.

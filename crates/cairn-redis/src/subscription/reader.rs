@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use super::claims::{claim, reclaim, redelivered};
 use super::keeper::CHUNK;
 use super::{Held, Outbox, Shared};
-use crate::codec::{EntryId, read_entries};
+use crate::codec::{Entry, EntryId, Refused, read_entries};
 use crate::error;
 
 /// The most entries one read asks for.
@@ -54,6 +54,7 @@ pub(crate) async fn run(
         cursor: "0-0".to_owned(),
         // Reclaims at once: a new consumer takes over what dead ones left.
         next_reclaim: Instant::now(),
+        entries: Vec::new(),
     };
     let shared = Arc::clone(&reader.shared);
     let mut connection = Some(connection);
@@ -129,6 +130,9 @@ struct Reader {
     /// Where the next `XAUTOCLAIM` goes on.
     cursor: String,
     next_reclaim: Instant,
+    /// The entries of the last read, kept empty between reads: a buffer for hundreds
+    /// of entries, made once instead of for every read.
+    entries: Vec<Result<Entry, Refused>>,
 }
 
 impl Reader {
@@ -219,7 +223,7 @@ impl Reader {
         };
         match read(&shared, connection, slots - used, block).await {
             Ok(value) => {
-                used += hand_out(&shared, &self.outbox, value);
+                used += hand_out(&shared, &self.outbox, value, &mut self.entries);
                 shared.free_slots(slots - used);
                 Ok(())
             }
@@ -276,38 +280,43 @@ async fn read(
         .await
 }
 
-/// Hands out the entries of an `XREADGROUP` reply; returns how many.
-fn hand_out(shared: &Arc<Shared>, outbox: &Outbox, reply: Value) -> usize {
-    let entries = match reply {
-        Value::Array(streams) => streams
-            .into_iter()
-            .find_map(|stream| match stream {
-                Value::Array(mut parts) if parts.len() == 2 => parts.pop(),
-                _ => None,
-            })
-            .map(read_entries)
-            .unwrap_or_default(),
-        Value::Map(streams) => streams
-            .into_iter()
-            .next()
-            .map(|(_, entries)| read_entries(entries))
-            .unwrap_or_default(),
-        _ => Vec::new(),
+/// Hands out the entries of an `XREADGROUP` reply, read through `entries` (empty, and
+/// left empty); returns how many.
+fn hand_out(
+    shared: &Arc<Shared>,
+    outbox: &Outbox,
+    reply: Value,
+    entries: &mut Vec<Result<Entry, Refused>>,
+) -> usize {
+    let list = match reply {
+        Value::Array(streams) => streams.into_iter().find_map(|stream| match stream {
+            Value::Array(mut parts) if parts.len() == 2 => parts.pop(),
+            _ => None,
+        }),
+        Value::Map(streams) => streams.into_iter().next().map(|(_, entries)| entries),
+        _ => None,
     };
+    if let Some(list) = list {
+        read_entries(list, entries);
+    }
     if entries.is_empty() {
         return 0;
     }
-    let count = entries.len();
+    let mut count = 0;
     let epoch = {
         let mut state = shared.lock();
         let epoch = state.epoch;
-        for entry in &entries {
+        for entry in entries.iter().flatten() {
             state.outstanding.insert(entry.id, Held::Handed { epoch });
+            count += 1;
         }
         epoch
     };
-    for entry in entries {
-        shared.deliver(outbox, entry, 1, epoch);
+    for entry in entries.drain(..) {
+        match entry {
+            Ok(entry) => shared.deliver(outbox, entry, 1, epoch),
+            Err(refused) => shared.refuse(outbox, refused),
+        }
     }
     count
 }
