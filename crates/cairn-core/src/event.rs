@@ -1,6 +1,7 @@
 //! The event envelope: what a writer hands in ([`EventData`]) and what a reader gets back
 //! ([`RecordedEvent`]), with CloudEvents 1.0 attributes and well-known metadata.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -101,9 +102,12 @@ fn civil_from_days(days: u64) -> (u64, u64, u64) {
 
 /// Key/value metadata carried with an event. Keys are ordered, so equal metadata encodes
 /// equally.
+///
+/// A key given as a `&'static str` (the well-known keys below, a literal) is not copied:
+/// metadata is built for every event written, mostly from the same few keys.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(transparent)]
-pub struct Metadata(BTreeMap<String, String>);
+pub struct Metadata(BTreeMap<Cow<'static, str>, String>);
 
 impl Metadata {
     /// The id shared by every message and event of one business flow.
@@ -126,7 +130,11 @@ impl Metadata {
     }
 
     /// Sets `key` to `value`, returning the previous value.
-    pub fn insert(&mut self, key: impl Into<String>, value: impl Into<String>) -> Option<String> {
+    pub fn insert(
+        &mut self,
+        key: impl Into<Cow<'static, str>>,
+        value: impl Into<String>,
+    ) -> Option<String> {
         self.0.insert(key.into(), value.into())
     }
 
@@ -137,7 +145,7 @@ impl Metadata {
 
     /// The entries in key order.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
-        self.0.iter().map(|(k, v)| (k.as_str(), v.as_str()))
+        self.0.iter().map(|(k, v)| (k.as_ref(), v.as_str()))
     }
 
     /// The number of entries.
@@ -176,7 +184,7 @@ impl Metadata {
     }
 }
 
-impl<K: Into<String>, V: Into<String>> FromIterator<(K, V)> for Metadata {
+impl<K: Into<Cow<'static, str>>, V: Into<String>> FromIterator<(K, V)> for Metadata {
     fn from_iter<I: IntoIterator<Item = (K, V)>>(iter: I) -> Self {
         Self(
             iter.into_iter()
@@ -258,7 +266,11 @@ impl EventData {
 
     /// Sets one metadata entry.
     #[must_use]
-    pub fn with_metadata(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+    pub fn with_metadata(
+        mut self,
+        key: impl Into<Cow<'static, str>>,
+        value: impl Into<String>,
+    ) -> Self {
         self.metadata.insert(key, value);
         self
     }

@@ -4,6 +4,7 @@
 
 use bytes::Bytes;
 use cairn_core::{EventData, Metadata, Revision, StreamMetadata, Timestamp};
+use std::borrow::Cow;
 use std::time::Duration;
 use uuid::Uuid;
 
@@ -591,6 +592,20 @@ fn decode_removed(record: &[u8]) -> Result<Record<'_>, FormatError> {
     Ok(Record::Removed { summary })
 }
 
+/// A metadata key read from the log: one of the well-known keys without a copy, any other
+/// copied.
+fn known_key(key: &str) -> Cow<'static, str> {
+    [
+        Metadata::CORRELATION_ID,
+        Metadata::CAUSATION_ID,
+        Metadata::TRACEPARENT,
+        Metadata::TENANT,
+    ]
+    .into_iter()
+    .find(|known| *known == key)
+    .map_or_else(|| Cow::Owned(key.to_owned()), Cow::Borrowed)
+}
+
 impl EventView<'_> {
     /// Decodes the metadata entries.
     pub(crate) fn metadata(&self) -> Result<Metadata, FormatError> {
@@ -604,7 +619,7 @@ impl EventView<'_> {
             let value_len = u32_at(bytes, at)? as usize;
             let value = text(bytes, at + 4..at + 4 + value_len)?;
             at += 4 + value_len;
-            metadata.insert(key, value);
+            metadata.insert(known_key(key), value);
         }
         Ok(metadata)
     }
