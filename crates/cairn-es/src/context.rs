@@ -156,9 +156,25 @@ pub(crate) fn is_traceparent(text: &str) -> bool {
 
 /// A new trace: random trace and span ids, sampled.
 fn new_traceparent() -> String {
-    let trace = Uuid::now_v7().as_u128() ^ Uuid::now_v7().as_u128().rotate_left(64);
-    let span = Uuid::now_v7().as_u64_pair().1 | 1;
-    format!("00-{trace:032x}-{span:016x}-01")
+    // A version-4 UUID is 122 random bits; the trace id takes one whole, the span id the
+    // random half of another (never zero: its low bit is set).
+    let trace = Uuid::new_v4().as_u128();
+    let span = Uuid::new_v4().as_u64_pair().1 | 1;
+    let mut text = String::with_capacity(55);
+    text.push_str("00-");
+    push_hex(&mut text, trace, 32);
+    text.push('-');
+    push_hex(&mut text, u128::from(span), 16);
+    text.push_str("-01");
+    text
+}
+
+/// Appends the low `digits` hex digits of `value`, lowercase, most significant first.
+fn push_hex(text: &mut String, value: u128, digits: u32) {
+    for digit in (0..digits).rev() {
+        let nibble = ((value >> (digit * 4)) & 0xf) as u32;
+        text.push(char::from_digit(nibble, 16).unwrap_or('0'));
+    }
 }
 
 #[cfg(test)]
