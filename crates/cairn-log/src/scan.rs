@@ -2,6 +2,7 @@
 //! every record's checksum before it is decoded, and turning event records into
 //! [`RecordedEvent`]s.
 
+use std::cell::RefCell;
 use std::io;
 use std::ops::ControlFlow;
 use std::path::PathBuf;
@@ -21,6 +22,15 @@ use crate::storage::StorageFile;
 pub(crate) const SCAN_CHUNK: usize = 256 * 1024;
 /// How much a read of one record reads at once.
 pub(crate) const POINT_CHUNK: usize = 4096;
+/// The largest point-read chunk a reader leaves behind for the next reader on its thread.
+const MAX_SPARE_POINT_CHUNK: usize = 4 * POINT_CHUNK;
+
+thread_local! {
+    /// The point-read chunk the last reader on this thread finished with: a stream read
+    /// starts from it instead of allocating and zeroing a chunk of its own.
+    static SPARE_POINT_CHUNK: RefCell<Option<BytesMut>> = const { RefCell::new(None) };
+}
+
 /// The bytes of a record's header needed to know its extent.
 const RECORD_PREFIX: usize = 16;
 
@@ -99,7 +109,29 @@ impl<'a> LogReader<'a> {
         let mut buf = if scanning {
             self.segments.scan_buffer(read_len)
         } else {
-            BytesMut::zeroed(read_len)
+            // A point read's chunk is not shared by the events read from it (they own
+            // copies of their payloads), so the next point read reuses it, or the one the
+            // last reader on this thread left, instead of allocating and zeroing one.
+            let reused = std::mem::take(&mut self.chunk)
+                .try_into_mut()
+                .ok()
+                .filter(|chunk| chunk.capacity() >= read_len)
+                .or_else(|| {
+                    SPARE_POINT_CHUNK
+                        .with(|spare| spare.borrow_mut().take())
+                        .filter(|chunk| chunk.capacity() >= read_len)
+                });
+            match reused {
+                Some(mut chunk) => {
+                    if chunk.len() >= read_len {
+                        chunk.truncate(read_len);
+                    } else {
+                        chunk.resize(read_len, 0);
+                    }
+                    chunk
+                }
+                None => BytesMut::zeroed(read_len),
+            }
         };
         let base = self.segments.base_of(at);
         let io_error = |source| ScanError::Io {
@@ -203,10 +235,16 @@ impl<'a> LogReader<'a> {
         let start = (position - self.chunk_start) as usize;
         let chunk = self.chunk.clone();
         match decode_record(&chunk, start, len).map_err(|r| self.corrupt(position, r))? {
-            Record::Event(view) => self
-                .materializer
-                .event(self.segments, position, &view, &chunk)
-                .map(Some),
+            Record::Event(view) => {
+                let mut event = self
+                    .materializer
+                    .event(self.segments, position, &view, &chunk)?;
+                // The payload gets bytes of its own rather than a share of the chunk: an
+                // event kept for long would otherwise keep the whole chunk alive, and the
+                // chunk could not serve the next read.
+                event.payload = Bytes::copy_from_slice(&event.payload);
+                Ok(Some(event))
+            }
             Record::Removed { .. } => Ok(None),
             _ => Err(self.corrupt(position, FormatError::Kind(0))),
         }
@@ -216,6 +254,12 @@ impl<'a> LogReader<'a> {
 impl Drop for LogReader<'_> {
     fn drop(&mut self) {
         let chunk = std::mem::take(&mut self.chunk);
+        if chunk.len() <= MAX_SPARE_POINT_CHUNK {
+            if let Ok(chunk) = chunk.try_into_mut() {
+                SPARE_POINT_CHUNK.with(|spare| *spare.borrow_mut() = Some(chunk));
+            }
+            return;
+        }
         self.segments.return_scan_buffer(chunk, SCAN_CHUNK);
     }
 }
