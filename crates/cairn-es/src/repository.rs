@@ -415,7 +415,12 @@ impl<D: Decider, S: EventStore + ?Sized> Repository<D, S> {
     ///
     /// [`LoadError::InvalidId`] when that is not a valid stream name.
     pub fn stream_of(&self, id: &str) -> Result<StreamName, LoadError> {
-        StreamName::new(format!("{}-{id}", D::CATEGORY)).map_err(|source| LoadError::InvalidId {
+        // Built by hand: the formatter costs about ten times as much, on every command.
+        let mut name = String::with_capacity(D::CATEGORY.len() + 1 + id.len());
+        name.push_str(D::CATEGORY);
+        name.push('-');
+        name.push_str(id);
+        StreamName::new(name).map_err(|source| LoadError::InvalidId {
             id: id.to_owned(),
             source,
         })
