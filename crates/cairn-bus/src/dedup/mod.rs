@@ -6,19 +6,29 @@
 //!
 //! - if `inbox` has recorded the message id for `consumer`, the message is skipped: the
 //!   inner service is not called and the result is `Ok` (the consumer acknowledges it);
-//! - otherwise the inner service runs; on `Ok` the id is recorded, on an error nothing is
-//!   recorded, so a redelivery runs it again.
+//! - otherwise the inner service runs; after `Ok` the id is recorded, after an error (or
+//!   when the message is cancelled) it is not, so a redelivery runs it again.
+//!
+//! An inbox that answers without waiting ([`Inbox::as_immediate`], as [`MemoryInbox`]
+//! does) records the id as the message starts, with the same table access that checks it,
+//! and removes it again when the message fails or is cancelled; other inboxes record it
+//! after `Ok`. Either way the outcome is the one above.
 //!
 //! Two deliveries of one id racing inside this process never both run the inner service:
 //! the first claims the id in an in-process set, the second waits (on a channel, without
 //! polling) for the first's outcome, then skips if it succeeded or runs if it failed or
-//! was cancelled.
+//! was cancelled (a failed first delivery's id is removed before the second is told).
+//! The set is the layer's: a copy reaching *another* [`DedupLayer`] on the same inbox and
+//! consumer name while the first runs is skipped when the inbox already holds the id (an
+//! immediate inbox does from the start), and should the first then fail, its own
+//! redelivery runs the message.
 //!
 //! # The guarantee
 //!
 //! - **Within a process**, the effects of a message happen once per window of the inbox
-//!   (the [`MemoryInbox`] forgets the oldest ids beyond its window, a generation at a time;
-//!   [`PgInbox`] has no window), however often and however concurrently it is delivered.
+//!   (the [`MemoryInbox`] forgets the oldest ids beyond its window, a generation at a time,
+//!   counting an id from when its message started; [`PgInbox`] has no window), however
+//!   often and however concurrently it is delivered.
 //! - **Across processes and crashes**, the id is recorded *after* the effects: a crash (or
 //!   a failed record) between the two leaves the message unrecorded and the broker
 //!   redelivers it, so its effects may happen again. Two processes handling one id at the
@@ -27,18 +37,20 @@
 //!   and skip the message when it returns `false`; this middleware then only spares them
 //!   the work of duplicates it knows.
 //!
-//! A failure to *check* the inbox fails the message ([`InboxError`] becomes a transient
-//! [`HandlerError`], or a permanent one for a refused consumer name) without running it. A
-//! failure to *record* after the effects succeeded is logged and the message is still
-//! acknowledged: its effects are done, and failing it would only make the broker redeliver
-//! it into an inbox that does not know it.
+//! A failure to *check* the inbox (for an immediate inbox, to record the id as the message
+//! starts) fails the message ([`InboxError`] becomes a transient [`HandlerError`], or a
+//! permanent one for a refused consumer name) without running it. A failure to *record*
+//! after the effects succeeded is logged and the message is still acknowledged: its
+//! effects are done, and failing it would only make the broker redeliver it into an inbox
+//! that does not know it.
 //!
 //! # Cost
 //!
-//! With an inbox that answers without waiting ([`Inbox::as_immediate`], as
-//! [`MemoryInbox`] does), a new id costs a claim and a release in the in-process set, a
-//! lookup and an insert in the inbox, each a hash operation under a short lock, and no
-//! allocated future. Other inboxes (PostgreSQL) go through a boxed future.
+//! With an inbox that answers without waiting, a new id costs a claim and a release in the
+//! in-process set and one insert-if-absent in the inbox, each a hash operation under a
+//! short lock, and no allocated future; a failure adds a removal. Other inboxes
+//! (PostgreSQL) go through a boxed future, with a lookup before the call and an insert
+//! after it.
 //!
 //! # Feature flags
 //!
@@ -113,11 +125,13 @@ pub type ResponseFuture<F> = Either<
 pub type Running<F> =
     Map<Join<F, Ready<Finish>>, fn((Result<(), HandlerError>, Finish)) -> Result<(), HandlerError>>;
 
-/// What a message on the hot path does when the inner service is done: record the id on
-/// success, then release its claim. Dropped unused (a cancelled message), it releases the
-/// claim as failed.
+/// What a message on the hot path does when the inner service is done: on success its
+/// id stays recorded (it was recorded as the message started); on an error it is removed
+/// from the inbox again. Then the claim is released. Dropped unused (a cancelled message),
+/// it removes the id and releases the claim as failed.
 pub struct Finish {
-    owner: Owner,
+    /// Taken when it runs (or is dropped).
+    owner: Option<Owner>,
     shared: Arc<Shared>,
     id: Uuid,
 }
@@ -131,21 +145,27 @@ impl fmt::Debug for Finish {
 }
 
 impl Finish {
-    fn run(self, result: Result<(), HandlerError>) -> Result<(), HandlerError> {
-        let succeeded = result.is_ok();
-        if succeeded {
-            let recorded = match self.shared.inbox.as_immediate() {
-                Some(inbox) => inbox.record_now(&self.shared.consumer, self.id),
-                None => Err(InboxError::Unavailable(
-                    "the inbox stopped answering without waiting".into(),
-                )),
-            };
-            if let Err(error) = recorded {
-                not_recorded(&self.shared.consumer, self.id, &error);
-            }
-        }
-        self.owner.finish(succeeded);
+    fn run(mut self, result: Result<(), HandlerError>) -> Result<(), HandlerError> {
+        self.release(result.is_ok());
         result
+    }
+
+    /// Removes the id on failure, before waking a waiting duplicate, which then finds it
+    /// new; then ends the claim.
+    fn release(&mut self, succeeded: bool) {
+        let Some(owner) = self.owner.take() else {
+            return;
+        };
+        if !succeeded && let Some(inbox) = self.shared.inbox.as_immediate() {
+            inbox.forget_now(&self.shared.consumer, self.id);
+        }
+        owner.finish(succeeded);
+    }
+}
+
+impl Drop for Finish {
+    fn drop(&mut self) {
+        self.release(false);
     }
 }
 
@@ -215,10 +235,12 @@ where
         let claim = self.shared.in_progress.claim(id);
         let claim = match (claim, self.shared.inbox.as_immediate()) {
             (Claim::Owner(owner), Some(inbox)) => {
-                let answer = match inbox.contains_now(&self.shared.consumer, id) {
-                    Ok(false) => {
+                // One table access: the id is recorded as the message starts, and removed
+                // again if it fails or is cancelled (see `Finish`).
+                let answer = match inbox.record_now(&self.shared.consumer, id) {
+                    Ok(true) => {
                         let finish = Finish {
-                            owner,
+                            owner: Some(owner),
                             shared: Arc::clone(&self.shared),
                             id,
                         };
@@ -226,7 +248,7 @@ where
                             .map(run_finish as fn(_) -> _);
                         return Either::Left(Either::Right(running));
                     }
-                    Ok(true) => {
+                    Ok(false) => {
                         owner.finish(true);
                         Ok(())
                     }

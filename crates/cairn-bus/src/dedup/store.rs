@@ -56,6 +56,12 @@ pub trait ImmediateInbox: Send + Sync {
     ///
     /// As [`Inbox::record`].
     fn record_now(&self, consumer: &str, id: Uuid) -> Result<bool, InboxError>;
+
+    /// Removes the record of `id` that `record_now` made, so that `id` is new again (an
+    /// id not recorded stays so). It cannot fail: the de-duplication middleware records
+    /// an id when its message starts and relies on this to take the record back when the
+    /// message fails or is cancelled.
+    fn forget_now(&self, consumer: &str, id: Uuid);
 }
 
 /// An [`Inbox`] in this process's memory, bounded: it remembers at least the last
@@ -63,7 +69,8 @@ pub trait ImmediateInbox: Send + Sync {
 /// generations.
 ///
 /// **The window is the guarantee:** an id is recognized as long as fewer than `window`
-/// newer ids were recorded for its consumer. Ids are forgotten a generation (a quarter of
+/// newer ids were recorded for its consumer (an id recorded and then removed again with
+/// [`forget_now`](ImmediateInbox::forget_now) does not count). Ids are forgotten a generation (a quarter of
 /// the window, rounded up) at a time, so an id older than the window may still be
 /// recognized for a while; once [`forgets_after`](Self::forgets_after) newer ids were
 /// recorded (the window plus less than two generations; less than one when 4 divides the
@@ -115,8 +122,11 @@ struct Window {
     ids: HashMap<Uuid, u32, KeyedHash>,
     /// The generation being filled; generations are numbered modulo 2^32.
     current: u32,
-    /// Ids recorded in the current generation.
-    filled: usize,
+    /// Ids recorded in the current generation, less the ids removed since it began
+    /// (wherever they were recorded): an id removed from an older generation makes the
+    /// current one take one more, so that removing ids never shortens the window of the
+    /// ids older than them. May go below zero.
+    filled: i64,
 }
 
 impl MemoryInbox {
@@ -182,7 +192,7 @@ impl Window {
             }
         }
         self.filled += 1;
-        if self.filled >= generation {
+        if self.filled >= i64::try_from(generation).unwrap_or(i64::MAX) {
             self.filled = 0;
             self.current = self.current.wrapping_add(1);
             let current = self.current;
@@ -190,6 +200,15 @@ impl Window {
                 .retain(|_, recorded| current.wrapping_sub(*recorded) <= kept);
         }
         true
+    }
+}
+
+impl Window {
+    /// Removes `id` if it is remembered (it will then be recorded as new).
+    fn forget(&mut self, id: Uuid) {
+        if self.ids.remove(&id).is_some() {
+            self.filled -= 1;
+        }
     }
 }
 
@@ -214,6 +233,12 @@ impl ImmediateInbox for MemoryInbox {
             None => consumers.entry(consumer.to_owned()).or_default(),
         };
         Ok(window.record(id, self.generation, self.kept))
+    }
+
+    fn forget_now(&self, consumer: &str, id: Uuid) {
+        if let Some(window) = self.lock().get_mut(consumer) {
+            window.forget(id);
+        }
     }
 }
 

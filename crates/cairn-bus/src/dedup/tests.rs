@@ -216,6 +216,65 @@ async fn a_cancelled_first_delivery_lets_the_duplicate_run() {
 }
 
 #[tokio::test]
+async fn an_immediate_inbox_holds_the_id_while_the_message_runs_and_a_failure_takes_it_back() {
+    let (handler, gate) = Handler::gated();
+    let inbox = MemoryInbox::new();
+    let layer = DedupLayer::new("billing", inbox.clone());
+    let mut service = layer.layer(handler.service());
+    let id = Uuid::now_v7();
+    handler.failing.store(true, Ordering::SeqCst);
+    let first = start(&mut service, id).await;
+    assert!(
+        inbox.contains_now("billing", id).unwrap(),
+        "recorded as it started"
+    );
+    gate.add_permits(1);
+    assert!(first.await.unwrap().is_err());
+    assert!(!inbox.contains_now("billing", id).unwrap());
+    assert_eq!(inbox.remembered("billing"), 0);
+    assert_eq!(layer.shared.in_progress.len(), 0);
+
+    handler.failing.store(false, Ordering::SeqCst);
+    gate.add_permits(2);
+    deliver(&mut service, id).await.unwrap();
+    deliver(&mut service, id).await.unwrap();
+    assert_eq!(handler.runs(), 2, "the redelivery ran, its duplicate not");
+    assert!(inbox.contains_now("billing", id).unwrap());
+}
+
+#[tokio::test]
+async fn a_cancelled_message_leaves_its_id_unrecorded() {
+    let (handler, _gate) = Handler::gated();
+    let inbox = MemoryInbox::new();
+    let layer = DedupLayer::new("billing", inbox.clone());
+    let mut service = layer.layer(handler.service());
+    let id = Uuid::now_v7();
+    let first = start(&mut service, id).await;
+    assert!(inbox.contains_now("billing", id).unwrap());
+    first.abort();
+    assert!(first.await.unwrap_err().is_cancelled());
+    assert!(!inbox.contains_now("billing", id).unwrap());
+    assert_eq!(layer.shared.in_progress.len(), 0);
+}
+
+#[tokio::test]
+async fn a_duplicate_arriving_while_the_first_runs_waits_for_its_outcome() {
+    let (handler, gate) = Handler::gated();
+    let layer = DedupLayer::new("billing", MemoryInbox::new());
+    let mut service = layer.layer(handler.service());
+    let id = Uuid::now_v7();
+    let first = start(&mut service, id).await;
+    let second = start(&mut service, id).await;
+    // The id is recorded, yet the duplicate neither skips nor runs before the first ends.
+    assert!(!second.is_finished(), "the duplicate did not wait");
+    assert_eq!(handler.runs(), 1);
+    gate.add_permits(1);
+    first.await.unwrap().unwrap();
+    second.await.unwrap().unwrap();
+    assert_eq!(handler.runs(), 1);
+}
+
+#[tokio::test]
 async fn an_unavailable_inbox_fails_the_message_without_running_it() {
     let inbox = WaitingInbox::default();
     inbox.broken.store(true, Ordering::SeqCst);
@@ -371,4 +430,28 @@ async fn a_duplicate_inside_the_window_is_skipped_and_one_past_it_runs_again() {
         2,
         "a duplicate past the window was not run again"
     );
+}
+
+#[test]
+fn an_id_recorded_and_removed_again_does_not_count_toward_the_window() {
+    // Generations of one id: any record past the window that counted would forget `old`.
+    let inbox = MemoryInbox::with_window(4);
+    let old = Uuid::now_v7();
+    assert!(inbox.record_now("billing", old).unwrap());
+    for _ in 0..10 {
+        let failed = Uuid::now_v7();
+        assert!(inbox.record_now("billing", failed).unwrap());
+        inbox.forget_now("billing", failed);
+        assert!(!inbox.contains_now("billing", failed).unwrap());
+    }
+    record_fresh(&inbox, "billing", 3);
+    assert!(
+        inbox.contains_now("billing", old).unwrap(),
+        "3 newer ids and 10 removed ones forgot it"
+    );
+    assert_eq!(inbox.remembered("billing"), 4);
+    // Removing an id never recorded, or for a consumer without any, changes nothing.
+    inbox.forget_now("billing", Uuid::now_v7());
+    inbox.forget_now("shipping", old);
+    assert_eq!(inbox.remembered("billing"), 4);
 }
