@@ -87,6 +87,7 @@ mod postgres;
 mod store;
 #[cfg(test)]
 mod tests;
+mod window;
 
 use std::fmt;
 use std::sync::Arc;

@@ -1,13 +1,13 @@
 //! The [`Inbox`] contract and [`MemoryInbox`], its in-process implementation.
 
 use std::collections::HashMap;
-use std::collections::hash_map::Entry;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use async_trait::async_trait;
 use uuid::Uuid;
 
 use super::InboxError;
+use super::window::Window;
 use crate::hash::KeyedHash;
 
 /// The ids of the messages each consumer has processed, keyed by (consumer name, message
@@ -70,14 +70,19 @@ pub trait ImmediateInbox: Send + Sync {
 ///
 /// **The window is the guarantee:** an id is recognized as long as fewer than `window`
 /// newer ids were recorded for its consumer (an id recorded and then removed again with
-/// [`forget_now`](ImmediateInbox::forget_now) does not count). Ids are forgotten a generation (a quarter of
-/// the window, rounded up) at a time, so an id older than the window may still be
-/// recognized for a while; once [`forgets_after`](Self::forgets_after) newer ids were
-/// recorded (the window plus less than two generations; less than one when 4 divides the
-/// window, as it does the default) it is forgotten, and a duplicate of it runs again. Nothing survives a restart. Size the window above the number of messages
+/// [`forget_now`](ImmediateInbox::forget_now) does not count). Ids are forgotten a
+/// generation (a quarter of the window, rounded up) at a time, so an id older than the
+/// window may still be recognized for a while; once [`forgets_after`](Self::forgets_after)
+/// newer ids were recorded (the window plus less than two generations; less than one when
+/// 4 divides the window, as it does the default) it is forgotten, and a duplicate of it
+/// runs again. Nothing survives a restart. Size the window above the number of messages
 /// the broker may redeliver late (its de-dup window, or its unacknowledged backlog). Each
 /// remembered id costs about 40 bytes, so the default window of 1,000,000 ids takes 40 to
 /// 50 MB per consumer.
+///
+/// Asking about a new id costs a probe of a small filter per generation, which stays in
+/// the CPU's cache, rather than a cache miss in a table of a million ids; recording one
+/// moves it into its generation's table with others, so that their cache misses overlap.
 ///
 /// Clones share the same memory.
 ///
@@ -102,32 +107,13 @@ pub struct MemoryInbox {
     /// Ids recorded per generation.
     generation: usize,
     /// Full generations kept besides the one filling: `generation * kept >= window`.
-    kept: u32,
+    kept: usize,
     consumers: Arc<Mutex<HashMap<String, Window, KeyedHash>>>,
 }
 
 /// Full generations kept at most besides the one filling, so that a generation is a
 /// quarter of the window.
 const GENERATIONS: usize = 4;
-
-/// One consumer's remembered ids, each with the generation it was recorded in.
-///
-/// Forgetting costs no lookup per id recorded: when a generation fills, one sequential
-/// sweep of the table drops the generation that fell out of the window. (A queue of ids in
-/// record order, removing the oldest from the table at each new one, costs a random access
-/// into a table far larger than the cache for every message.)
-#[derive(Debug, Default)]
-struct Window {
-    /// Every id remembered, with its generation; only kept generations are in it.
-    ids: HashMap<Uuid, u32, KeyedHash>,
-    /// The generation being filled; generations are numbered modulo 2^32.
-    current: u32,
-    /// Ids recorded in the current generation, less the ids removed since it began
-    /// (wherever they were recorded): an id removed from an older generation makes the
-    /// current one take one more, so that removing ids never shortens the window of the
-    /// ids older than them. May go below zero.
-    filled: i64,
-}
 
 impl MemoryInbox {
     /// The default number of ids remembered per consumer.
@@ -147,7 +133,7 @@ impl MemoryInbox {
         Self {
             window,
             generation,
-            kept: u32::try_from(kept).unwrap_or(u32::MAX),
+            kept,
             consumers: Arc::default(),
         }
     }
@@ -163,52 +149,18 @@ impl MemoryInbox {
     /// window, rounded up), less than one when 4 divides the window (1,249,999 for the
     /// default), and exactly the window for windows of up to 4 ids.
     pub fn forgets_after(&self) -> usize {
-        self.generation * self.kept as usize + self.generation - 1
+        self.generation * self.kept + self.generation - 1
     }
 
     /// How many ids it remembers now for `consumer`.
     pub fn remembered(&self, consumer: &str) -> usize {
-        self.lock()
-            .get(consumer)
-            .map_or(0, |window| window.ids.len())
+        self.lock().get(consumer).map_or(0, Window::len)
     }
 
     fn lock(&self) -> MutexGuard<'_, HashMap<String, Window, KeyedHash>> {
         self.consumers
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-    }
-}
-
-impl Window {
-    /// Records `id` in the current generation (`false` when it is remembered already);
-    /// when the generation fills, starts the next and forgets the one that fell out, so
-    /// that `kept` full generations stay.
-    fn record(&mut self, id: Uuid, generation: usize, kept: u32) -> bool {
-        match self.ids.entry(id) {
-            Entry::Occupied(_) => return false,
-            Entry::Vacant(vacant) => {
-                vacant.insert(self.current);
-            }
-        }
-        self.filled += 1;
-        if self.filled >= i64::try_from(generation).unwrap_or(i64::MAX) {
-            self.filled = 0;
-            self.current = self.current.wrapping_add(1);
-            let current = self.current;
-            self.ids
-                .retain(|_, recorded| current.wrapping_sub(*recorded) <= kept);
-        }
-        true
-    }
-}
-
-impl Window {
-    /// Removes `id` if it is remembered (it will then be recorded as new).
-    fn forget(&mut self, id: Uuid) {
-        if self.ids.remove(&id).is_some() {
-            self.filled -= 1;
-        }
     }
 }
 
@@ -223,16 +175,18 @@ impl ImmediateInbox for MemoryInbox {
         Ok(self
             .lock()
             .get(consumer)
-            .is_some_and(|window| window.ids.contains_key(&id)))
+            .is_some_and(|window| window.contains(id)))
     }
 
     fn record_now(&self, consumer: &str, id: Uuid) -> Result<bool, InboxError> {
         let mut consumers = self.lock();
         let window = match consumers.get_mut(consumer) {
             Some(window) => window,
-            None => consumers.entry(consumer.to_owned()).or_default(),
+            None => consumers
+                .entry(consumer.to_owned())
+                .or_insert_with(|| Window::new(self.generation, self.kept)),
         };
-        Ok(window.record(id, self.generation, self.kept))
+        Ok(window.record(id))
     }
 
     fn forget_now(&self, consumer: &str, id: Uuid) {
