@@ -13,8 +13,9 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll};
 
-use tokio::sync::{OwnedSemaphorePermit, oneshot};
+use tokio::sync::oneshot;
 
+use super::slots::Slots;
 use crate::hash::KeyedHash;
 use crate::message::Message;
 
@@ -62,10 +63,14 @@ struct Table {
     next_ticket: u64,
 }
 
-/// The lane table shared by every service of one [`OrderedLayer`](super::OrderedLayer).
-#[derive(Debug, Default)]
+/// The lane table and the global bound shared by every service of one
+/// [`OrderedLayer`](super::OrderedLayer).
+#[derive(Debug)]
 pub(super) struct Lanes {
     table: Mutex<Table>,
+    /// The messages in flight: a slot is taken by `poll_ready` and given back by the
+    /// message's [`Release`] (or its [`Turn`], or the service, when dropped unused).
+    pub(super) slots: Slots,
 }
 
 /// Where a message stands once `call` has asked for its key's lane.
@@ -77,6 +82,14 @@ pub(super) enum Entry {
 }
 
 impl Lanes {
+    /// No lanes, and at most `max_in_flight` messages in flight.
+    pub(super) fn new(max_in_flight: usize) -> Self {
+        Self {
+            table: Mutex::default(),
+            slots: Slots::new(max_in_flight),
+        }
+    }
+
     fn lock(&self) -> MutexGuard<'_, Table> {
         self.table.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -86,9 +99,9 @@ impl Lanes {
         self.lock().lanes.len()
     }
 
-    /// Takes the lane of `key` for a message, or the next place in its queue. Called
-    /// synchronously from `call`, so places follow the order of `call`s.
-    pub(super) fn enter(self: &Arc<Self>, key: LaneKey, permit: OwnedSemaphorePermit) -> Entry {
+    /// Takes the lane of `key` for a message holding a slot, or the next place in its
+    /// queue. Called synchronously from `call`, so places follow the order of `call`s.
+    pub(super) fn enter(self: &Arc<Self>, key: LaneKey) -> Entry {
         let mut guard = self.lock();
         let table = &mut *guard;
         // One hash of the key, whichever way it goes.
@@ -100,23 +113,20 @@ impl Lanes {
                 lane.get_mut().waiting.push_back((ticket, sender));
                 drop(guard);
                 Entry::Queued(Turn {
-                    state: Some((
-                        Waiting {
-                            lanes: Arc::clone(self),
-                            key,
-                            ticket,
-                            receiver,
-                        },
-                        permit,
-                    )),
+                    waiting: Some(Waiting {
+                        lanes: Arc::clone(self),
+                        key,
+                        ticket,
+                        receiver,
+                    }),
                 })
             }
             hash_map::Entry::Vacant(vacant) => {
                 vacant.insert(Lane::default());
                 drop(guard);
                 Entry::Free(Release {
-                    _permit: permit,
-                    lane: Some((Arc::clone(self), key)),
+                    lanes: Arc::clone(self),
+                    key: Some(key),
                 })
             }
         }
@@ -150,25 +160,23 @@ impl Table {
 /// message is done, or when its future is dropped).
 #[derive(Debug)]
 pub struct Release {
-    _permit: OwnedSemaphorePermit,
-    lane: Option<(Arc<Lanes>, LaneKey)>,
+    lanes: Arc<Lanes>,
+    key: Option<LaneKey>,
 }
 
 impl Release {
-    /// The release of a message without a key: only the slot.
-    pub(super) fn unkeyed(permit: OwnedSemaphorePermit) -> Self {
-        Self {
-            _permit: permit,
-            lane: None,
-        }
+    /// The release of a message without a key, holding a slot of `lanes`: only the slot.
+    pub(super) fn unkeyed(lanes: Arc<Lanes>) -> Self {
+        Self { lanes, key: None }
     }
 }
 
 impl Drop for Release {
     fn drop(&mut self) {
-        if let Some((lanes, key)) = self.lane.take() {
-            lanes.hand_over(&key);
+        if let Some(key) = self.key.take() {
+            self.lanes.hand_over(&key);
         }
+        self.lanes.slots.give_back();
     }
 }
 
@@ -180,20 +188,20 @@ struct Waiting {
     receiver: oneshot::Receiver<()>,
 }
 
-/// A message's place in its key's queue: resolves to its [`Release`] when the message
-/// before it is done. Dropping it gives the place up, and passes the turn on if the turn
-/// had already come.
+/// A message's place in its key's queue, holding its slot: resolves to its [`Release`]
+/// when the message before it is done. Dropping it gives the place and the slot up, and
+/// passes the turn on if the turn had already come.
 #[derive(Debug)]
 pub(super) struct Turn {
     /// Taken when the turn comes (or when dropped).
-    state: Option<(Waiting, OwnedSemaphorePermit)>,
+    waiting: Option<Waiting>,
 }
 
 impl Future for Turn {
     type Output = Release;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Release> {
-        let Some((waiting, _)) = self.state.as_mut() else {
+        let Some(waiting) = self.waiting.as_mut() else {
             // Polled after completion: never hand out a second release.
             return Poll::Pending;
         };
@@ -202,10 +210,10 @@ impl Future for Turn {
         if Pin::new(&mut waiting.receiver).poll(cx).is_pending() {
             return Poll::Pending;
         }
-        match self.state.take() {
-            Some((waiting, permit)) => Poll::Ready(Release {
-                _permit: permit,
-                lane: Some((waiting.lanes, waiting.key)),
+        match self.waiting.take() {
+            Some(waiting) => Poll::Ready(Release {
+                lanes: waiting.lanes,
+                key: Some(waiting.key),
             }),
             None => Poll::Pending,
         }
@@ -214,16 +222,19 @@ impl Future for Turn {
 
 impl Drop for Turn {
     fn drop(&mut self) {
-        let Some((mut waiting, _permit)) = self.state.take() else {
+        let Some(mut waiting) = self.waiting.take() else {
             return;
         };
-        let lanes = Arc::clone(&waiting.lanes);
-        let mut table = lanes.lock();
-        // Under the table's lock the turn cannot arrive meanwhile: it came or it did not.
-        if waiting.receiver.try_recv().is_ok() {
-            table.hand_over(&waiting.key);
-        } else if let Some(lane) = table.lanes.get_mut(&waiting.key) {
-            lane.waiting.retain(|(ticket, _)| *ticket != waiting.ticket);
+        {
+            let mut table = waiting.lanes.lock();
+            // Under the table's lock the turn cannot arrive meanwhile: it came or it did
+            // not.
+            if waiting.receiver.try_recv().is_ok() {
+                table.hand_over(&waiting.key);
+            } else if let Some(lane) = table.lanes.get_mut(&waiting.key) {
+                lane.waiting.retain(|(ticket, _)| *ticket != waiting.ticket);
+            }
         }
+        waiting.lanes.slots.give_back();
     }
 }
