@@ -111,7 +111,7 @@ use crate::handler::{HandlerError, Incoming};
 struct Shared {
     consumer: Arc<str>,
     inbox: Arc<dyn Inbox>,
-    in_progress: Arc<InProgress>,
+    in_progress: InProgress,
 }
 
 /// The response future of [`Dedup`]: an immediate answer (a skipped duplicate), the inner
@@ -131,10 +131,10 @@ pub type Running<F> =
 /// from the inbox again. Then the claim is released. Dropped unused (a cancelled message),
 /// it removes the id and releases the claim as failed.
 pub struct Finish {
-    /// Taken when it runs (or is dropped).
-    owner: Option<Owner>,
     shared: Arc<Shared>,
     id: Uuid,
+    /// Whether the claim on `id` is still held; cleared when it runs (or is dropped).
+    claimed: bool,
 }
 
 impl fmt::Debug for Finish {
@@ -154,13 +154,13 @@ impl Finish {
     /// Removes the id on failure, before waking a waiting duplicate, which then finds it
     /// new; then ends the claim.
     fn release(&mut self, succeeded: bool) {
-        let Some(owner) = self.owner.take() else {
+        if !std::mem::replace(&mut self.claimed, false) {
             return;
-        };
+        }
         if !succeeded && let Some(inbox) = self.shared.inbox.as_immediate() {
             inbox.forget_now(&self.shared.consumer, self.id);
         }
-        owner.finish(succeeded);
+        self.shared.in_progress.release(self.id, succeeded);
     }
 }
 
@@ -235,26 +235,26 @@ where
         let id = request.message.id;
         let claim = self.shared.in_progress.claim(id);
         let claim = match (claim, self.shared.inbox.as_immediate()) {
-            (Claim::Owner(owner), Some(inbox)) => {
+            (Claim::Owner, Some(inbox)) => {
                 // One table access: the id is recorded as the message starts, and removed
                 // again if it fails or is cancelled (see `Finish`).
                 let answer = match inbox.record_now(&self.shared.consumer, id) {
                     Ok(true) => {
                         let finish = Finish {
-                            owner: Some(owner),
                             shared: Arc::clone(&self.shared),
                             id,
+                            claimed: true,
                         };
                         let running = future::join(self.inner.call(request), future::ready(finish))
                             .map(run_finish as fn(_) -> _);
                         return Either::Left(Either::Right(running));
                     }
                     Ok(false) => {
-                        owner.finish(true);
+                        self.shared.in_progress.release(id, true);
                         Ok(())
                     }
                     Err(error) => {
-                        owner.finish(false);
+                        self.shared.in_progress.release(id, false);
                         Err(error.into())
                     }
                 };
@@ -288,7 +288,7 @@ where
     let id = request.message.id;
     loop {
         let owner = match claim {
-            Claim::Owner(owner) => owner,
+            Claim::Owner => Owner::new(&shared.in_progress, id),
             Claim::Wait(outcome) => {
                 if outcome.await == Ok(true) {
                     return Ok(());
