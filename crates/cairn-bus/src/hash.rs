@@ -44,12 +44,14 @@ pub(crate) struct KeyedHasher {
     state: u64,
 }
 
+#[inline]
 fn folded_multiply(a: u64, b: u64) -> u64 {
     let product = u128::from(a) * u128::from(b);
     (product as u64) ^ ((product >> 64) as u64)
 }
 
 /// The first `N` bytes of `bytes` (which has at least that many) as a little-endian word.
+#[inline]
 fn word<const N: usize>(bytes: &[u8]) -> u64 {
     let mut word = [0u8; 8];
     if let (Some(to), Some(from)) = (word.get_mut(..N), bytes.get(..N)) {
@@ -62,6 +64,7 @@ fn word<const N: usize>(bytes: &[u8]) -> u64 {
 /// length: from 8 bytes on, the first and the last eight (overlapping below 16); from 4,
 /// the first and the last four; below that, the first, middle and last byte. Which bytes
 /// the words hold depends only on the length, which the caller mixes in as well.
+#[inline]
 fn words(bytes: &[u8]) -> (u64, u64) {
     let len = bytes.len();
     let tail = |n: usize| bytes.get(len.saturating_sub(n)..).unwrap_or_default();
@@ -78,6 +81,7 @@ fn words(bytes: &[u8]) -> (u64, u64) {
 
 impl KeyedHasher {
     /// Folds one chunk of up to 16 bytes, given as its two words and its length.
+    #[inline]
     fn fold(&mut self, (high, low): (u64, u64), len: usize) {
         // The chunk's length turns the second key, so that chunks of different lengths
         // whose words hold the same bytes (or bytes shifted to look alike) hash apart,
@@ -88,6 +92,7 @@ impl KeyedHasher {
 }
 
 impl Hasher for KeyedHasher {
+    #[inline]
     fn write(&mut self, bytes: &[u8]) {
         let mut chunks = bytes.chunks_exact(16);
         for chunk in &mut chunks {
@@ -105,6 +110,7 @@ impl Hasher for KeyedHasher {
         }
     }
 
+    #[inline]
     fn write_u8(&mut self, n: u8) {
         // A string's terminator: one multiply.
         self.state = folded_multiply(
@@ -113,10 +119,12 @@ impl Hasher for KeyedHasher {
         );
     }
 
+    #[inline]
     fn write_usize(&mut self, n: usize) {
         self.state = self.state.rotate_left(5) ^ n as u64;
     }
 
+    #[inline]
     fn finish(&self) -> u64 {
         self.state
     }
