@@ -80,6 +80,7 @@
 //! ```
 
 mod error;
+mod ids;
 mod in_progress;
 mod layer;
 #[cfg(feature = "postgres")]

@@ -17,11 +17,11 @@
 //! again ([`Window::forget`]) keeps its bits until its generation's bits are rebuilt or
 //! cleared, and only costs a table lookup when asked about.
 
-use std::collections::HashSet;
 use std::hash::BuildHasher;
 
 use uuid::Uuid;
 
+use super::ids::IdSet;
 use crate::hash::KeyedHash;
 
 /// Filter bits per id a generation may take before the filter grows: about one lookup in
@@ -44,8 +44,9 @@ pub(super) struct Window {
     generations: Box<[Generation]>,
     current: usize,
     filter: Filter,
-    /// Ids recorded into `recent` not yet moved into the current generation's table.
-    recent: Vec<Uuid>,
+    /// Ids (with their hashes) recorded into the current generation not yet moved into
+    /// its table.
+    recent: Vec<(Uuid, u64)>,
     /// Ids recorded in the current generation, less the ids removed since it began
     /// (wherever they were recorded): an id removed from an older generation makes the
     /// current one take one more, so that removing ids never shortens the window of the
@@ -56,9 +57,9 @@ pub(super) struct Window {
     hash: KeyedHash,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Generation {
-    table: HashSet<Uuid, KeyedHash>,
+    table: IdSet,
     /// Ids put into the filter for this generation since its bits were last cleared or
     /// rebuilt.
     inserted: usize,
@@ -75,14 +76,21 @@ impl Window {
     /// besides the one filling.
     pub(super) fn new(generation: usize, kept: usize) -> Self {
         let generations = (kept + 1).clamp(1, MAX_GENERATIONS);
+        let generation = generation.max(1);
+        let hash = KeyedHash::default();
         Self {
-            generations: (0..generations).map(|_| Generation::default()).collect(),
+            generations: (0..generations)
+                .map(|_| Generation {
+                    table: IdSet::new(generation, hash),
+                    inserted: 0,
+                })
+                .collect(),
             current: 0,
             filter: Filter::default(),
             recent: Vec::new(),
             filled: 0,
-            generation: generation.max(1),
-            hash: KeyedHash::default(),
+            generation,
+            hash,
         }
     }
 
@@ -107,11 +115,12 @@ impl Window {
             self.rebuild_filter();
         }
         self.filter.insert(hash, self.current);
-        self.recent.push(id);
+        self.recent.push((id, hash));
         if let Some(current) = self.generations.get_mut(self.current) {
             current.inserted += 1;
             if self.recent.len() >= FLUSH {
-                current.table.extend(self.recent.drain(..));
+                current.table.insert_all(&self.recent);
+                self.recent.clear();
             }
         }
         self.filled += 1;
@@ -124,7 +133,8 @@ impl Window {
     /// Removes `id` if it is remembered (it will then be recorded as new), returning
     /// whether it was.
     pub(super) fn forget(&mut self, id: Uuid) -> bool {
-        let removed = match self.find(id, self.hash.hash_one(id)) {
+        let hash = self.hash.hash_one(id);
+        let removed = match self.find(id, hash) {
             Some(Place::Recent(index)) => {
                 self.recent.swap_remove(index);
                 true
@@ -132,7 +142,7 @@ impl Window {
             Some(Place::Table(index)) => self
                 .generations
                 .get_mut(index)
-                .is_some_and(|generation| generation.table.remove(&id)),
+                .is_some_and(|generation| generation.table.remove(id, hash)),
             None => false,
         };
         if removed {
@@ -158,14 +168,14 @@ impl Window {
             let index = maybe.trailing_zeros() as usize;
             maybe &= maybe - 1;
             if index == self.current
-                && let Some(at) = self.recent.iter().position(|recent| *recent == id)
+                && let Some(at) = self.recent.iter().position(|(recent, _)| *recent == id)
             {
                 return Some(Place::Recent(at));
             }
             if self
                 .generations
                 .get(index)
-                .is_some_and(|generation| generation.table.contains(&id))
+                .is_some_and(|generation| generation.table.contains(id, hash))
             {
                 return Some(Place::Table(index));
             }
@@ -174,8 +184,8 @@ impl Window {
     }
 
     /// The ids of generation `index` now (the current one's include `recent`).
-    fn ids(&self, index: usize) -> impl Iterator<Item = &Uuid> {
-        let recent: &[Uuid] = if index == self.current {
+    fn ids(&self, index: usize) -> impl Iterator<Item = Uuid> {
+        let recent: &[(Uuid, u64)] = if index == self.current {
             &self.recent
         } else {
             &[]
@@ -184,7 +194,7 @@ impl Window {
             .get(index)
             .into_iter()
             .flat_map(|generation| generation.table.iter())
-            .chain(recent)
+            .chain(recent.iter().map(|(id, _)| *id))
     }
 
     /// Called when the current generation put as many ids into the filter as it is sized
@@ -222,8 +232,9 @@ impl Window {
     /// Closes the current generation and makes the oldest, cleared, the current one.
     fn next_generation(&mut self) {
         if let Some(current) = self.generations.get_mut(self.current) {
-            current.table.extend(self.recent.drain(..));
+            current.table.insert_all(&self.recent);
         }
+        self.recent.clear();
         self.current = (self.current + 1) % self.generations.len();
         self.filter.clear(self.current);
         if let Some(oldest) = self.generations.get_mut(self.current) {
