@@ -36,6 +36,10 @@ pub(super) struct Group {
     pub(super) topic: Arc<str>,
     /// The most messages `ready` holds before publishers wait.
     capacity: usize,
+    /// Publishers that waited for room are woken when a consumer takes `ready` below
+    /// this, three quarters of `capacity`: a full queue then wakes them once per quarter
+    /// of it taken, not at every take (each wake-up a switch between their tasks).
+    resume: usize,
     /// The queue and its consumers. Locked by publishers (to push), consumers (to take),
     /// answers (to remove or give back), and by severs and closing connections.
     state: Mutex<GroupState>,
@@ -226,6 +230,7 @@ impl Group {
         Self {
             topic,
             capacity: capacity.max(1),
+            resume: capacity.max(1) - capacity.max(1) / 4,
             state: Mutex::new(GroupState::default()),
             epoch: AtomicU64::new(0),
             space: Notify::new(),
@@ -248,8 +253,9 @@ impl Group {
         self.capacity.saturating_sub(self.lock().ready.len())
     }
 
-    /// Resolves once a consumer took from a full queue; registered before the room is
-    /// checked again, so that no notification is missed.
+    /// Resolves once a consumer took a full queue below three quarters of its capacity
+    /// (right away when it is not full); registered before the room is checked, so that
+    /// no notification is missed.
     pub(super) async fn wait_for_room(&self) {
         let notified = self.space.notified();
         tokio::pin!(notified);
@@ -370,7 +376,7 @@ impl Group {
             };
         }
         state.consumers[index].in_flight += took;
-        if ready_before >= self.capacity && state.ready.len() < self.capacity {
+        if ready_before >= self.resume && state.ready.len() < self.resume {
             self.space.notify_waiters();
         }
         Take::Took {

@@ -20,8 +20,10 @@
 //! - **Capacity**: each group's queue of never-delivered messages holds at most
 //!   [`MemoryOptions::queue_capacity`] messages; [`Publisher::publish`] waits (without
 //!   spinning) while a group of the topic is full, so a fast producer cannot outgrow a slow
-//!   consumer. A group with no consumer that fills up makes publishers to its topic wait
-//!   until someone consumes. Redeliveries never wait for room.
+//!   consumer, and goes on once the group's consumers took the queue below three quarters
+//!   of its capacity (so that a full queue wakes its publishers once per quarter taken,
+//!   not at every take). A group with no consumer that fills up makes publishers to its
+//!   topic wait until someone consumes. Redeliveries never wait for room.
 //! - **Size**: a message whose [`Message::encoded_len`] is above
 //!   [`MemoryOptions::max_message_size`] is refused with
 //!   [`TransportError::PayloadTooLarge`], and then nothing of the batch is published.
