@@ -91,11 +91,13 @@ mod tests;
 mod window;
 
 use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use futures::future::{BoxFuture, Either, Join, Map, Ready};
-use futures::{FutureExt, future};
+use futures::future;
+use futures::future::{BoxFuture, Either, Ready};
 use tower::Service;
 use uuid::Uuid;
 
@@ -123,9 +125,31 @@ pub type ResponseFuture<F> = Either<
     BoxFuture<'static, Result<(), HandlerError>>,
 >;
 
-/// The inner future of a message claimed on the hot path, with its [`Finish`] beside it.
-pub type Running<F> =
-    Map<Join<F, Ready<Finish>>, fn((Result<(), HandlerError>, Finish)) -> Result<(), HandlerError>>;
+pin_project_lite::pin_project! {
+    /// The inner future of a message claimed on the hot path, with its [`Finish`] beside
+    /// it, run when the inner future is done (or dropped with it).
+    pub struct Running<F> {
+        #[pin]
+        inner: F,
+        finish: Option<Finish>,
+    }
+}
+
+impl<F> Future for Running<F>
+where
+    F: Future<Output = Result<(), HandlerError>>,
+{
+    type Output = Result<(), HandlerError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let result = std::task::ready!(this.inner.poll(cx));
+        Poll::Ready(match this.finish.take() {
+            Some(finish) => finish.run(result),
+            None => result,
+        })
+    }
+}
 
 /// What a message on the hot path does when the inner service is done: on success its
 /// id stays recorded (it was recorded as the message started); on an error it is removed
@@ -169,10 +193,6 @@ impl Drop for Finish {
     fn drop(&mut self) {
         self.release(false);
     }
-}
-
-fn run_finish((result, finish): (Result<(), HandlerError>, Finish)) -> Result<(), HandlerError> {
-    finish.run(result)
 }
 
 fn not_recorded(consumer: &str, id: Uuid, error: &InboxError) {
@@ -246,8 +266,10 @@ where
                             id,
                             claimed: true,
                         };
-                        let running = future::join(self.inner.call(request), future::ready(finish))
-                            .map(run_finish as fn(_) -> _);
+                        let running = Running {
+                            inner: self.inner.call(request),
+                            finish: Some(finish),
+                        };
                         return Either::Left(Either::Right(running));
                     }
                     Ok(false) => {

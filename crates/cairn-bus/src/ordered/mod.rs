@@ -44,11 +44,12 @@ mod slots;
 #[cfg(test)]
 mod tests;
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use futures::future::{BoxFuture, Either, Join, Map, Ready};
-use futures::{FutureExt, future};
+use futures::future::{BoxFuture, Either};
 use tower::Service;
 
 pub use self::lanes::Release;
@@ -62,11 +63,29 @@ use crate::handler::{HandlerError, Incoming};
 /// waits behind its key, a boxed wait-then-run.
 pub type ResponseFuture<F> = Either<Running<F>, BoxFuture<'static, Result<(), HandlerError>>>;
 
-/// The inner future of a message that holds its lane, with its [`Release`] beside it.
-pub type Running<F> = Map<
-    Join<F, Ready<Release>>,
-    fn((Result<(), HandlerError>, Release)) -> Result<(), HandlerError>,
->;
+pin_project_lite::pin_project! {
+    /// The inner future of a message that holds its lane, with its [`Release`] beside it,
+    /// dropped when the inner future is done (or dropped with it).
+    pub struct Running<F> {
+        #[pin]
+        inner: F,
+        release: Option<Release>,
+    }
+}
+
+impl<F> Future for Running<F>
+where
+    F: Future<Output = Result<(), HandlerError>>,
+{
+    type Output = Result<(), HandlerError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let result = std::task::ready!(this.inner.poll(cx));
+        drop(this.release.take());
+        Poll::Ready(result)
+    }
+}
 
 /// The service made by [`OrderedLayer`]; see the [module docs](self).
 #[derive(Debug)]
@@ -112,16 +131,11 @@ impl<S> Ordered<S> {
     }
 }
 
-fn finish((result, release): (Result<(), HandlerError>, Release)) -> Result<(), HandlerError> {
-    drop(release);
-    result
-}
-
-fn running<F>(future: F, release: Release) -> Running<F>
-where
-    F: std::future::Future<Output = Result<(), HandlerError>>,
-{
-    future::join(future, future::ready(release)).map(finish as fn(_) -> _)
+fn running<F>(inner: F, release: Release) -> Running<F> {
+    Running {
+        inner,
+        release: Some(release),
+    }
 }
 
 impl<S> Service<Incoming> for Ordered<S>
