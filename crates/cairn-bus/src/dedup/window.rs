@@ -24,8 +24,8 @@ use uuid::Uuid;
 use super::ids::IdSet;
 use crate::hash::KeyedHash;
 
-/// Filter bits per id a generation may take before the filter grows: about one lookup in
-/// a hundred of a new id finds a false "maybe" for one generation.
+/// Filter bits per id a generation may take before the filter grows: a new id then finds
+/// a false "maybe" for a given generation in about 1.6 % of lookups.
 const BITS_PER_ID: usize = 10;
 /// Ids per generation the filter is sized for at first; it grows (doubling) up to a
 /// generation's size.
