@@ -2,9 +2,7 @@
 //!
 //! Open addressing with linear probing over 16-byte slots, four to a cache line; an
 //! all-zero slot is empty (the nil id is kept apart). The caller gives each id's hash,
-//! which it computed once for its filter. [`IdSet::insert_all`] first reads the slot of
-//! every id of a batch, loads that do not wait on each other, so that the cache and TLB
-//! misses of a batch overlap; the inserts then find their slots in the cache.
+//! which it computed once for its filter.
 //!
 //! A set grows by doubling, at most [`MAX_LOAD`] full, except that its last step lands on
 //! exactly the slots the `limit` ids its generation holds need (rather than the next
@@ -104,16 +102,6 @@ impl IdSet {
     /// Inserts every id of `batch` (each with its hash).
     pub(super) fn insert_all(&mut self, batch: &[(Uuid, u64)]) {
         self.reserve(batch.len());
-        // Read every home slot first: independent loads, whose misses overlap.
-        let mut touched = 0u128;
-        for (_, hash) in batch {
-            touched ^= self
-                .slots
-                .get(self.home(*hash))
-                .copied()
-                .unwrap_or_default();
-        }
-        std::hint::black_box(touched);
         for (id, hash) in batch {
             self.insert(*id, *hash);
         }
