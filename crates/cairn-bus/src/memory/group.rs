@@ -28,6 +28,10 @@ use crate::message::Message;
 
 /// The most messages a consumer takes from its group per lock.
 const TAKE_BATCH: usize = 64;
+/// The most answered messages a group keeps for its next publish to free...
+const RECLAIM_MESSAGES: usize = 1_024;
+/// ...and the most payload bytes among them.
+const RECLAIM_BYTES: usize = 8 << 20;
 
 /// One (topic, group) queue.
 #[derive(Debug)]
@@ -61,6 +65,14 @@ struct GroupState {
     delayed_seq: u64,
     outstanding: Slab,
     consumers: Vec<Consumer>,
+    /// Messages acknowledged since the last publish, which that publish drops (at most
+    /// [`RECLAIM_MESSAGES`] of them and [`RECLAIM_BYTES`] of payload; past those the
+    /// answering thread drops them itself). A publishing thread allocated them, and an
+    /// allocator frees a block on the thread that allocated it without contending for
+    /// a lock with that thread, as a consumer on another thread would at every message.
+    answered: Vec<Arc<Message>>,
+    /// The payload bytes of `answered`.
+    answered_bytes: usize,
 }
 
 /// A message waiting in a queue.
@@ -266,10 +278,11 @@ impl Group {
     }
 
     /// Appends `messages` to `ready` (the caller checked the room) and wakes idle
-    /// consumers.
+    /// consumers; then, the lock released, drops the messages answered since the last
+    /// publish, on the publisher's thread.
     pub(super) fn push(&self, messages: impl IntoIterator<Item = Arc<Message>>) {
         let mut wakers = Vec::new();
-        {
+        let answered = {
             let mut state = self.lock();
             state
                 .ready
@@ -280,8 +293,11 @@ impl Group {
             for consumer in &mut state.consumers {
                 wakers.extend(consumer.idle.take());
             }
-        }
+            state.answered_bytes = 0;
+            std::mem::take(&mut state.answered)
+        };
         wake_all(wakers);
+        drop(answered);
     }
 
     pub(super) fn add_consumer(&self, id: u64) {
@@ -394,15 +410,18 @@ impl Group {
         let answered = {
             let mut state = self.lock();
             let answered = state.outstanding.remove(tag);
-            if let Some(entry) = &answered {
-                state.credit_back(entry.consumer, &mut wakers);
+            match answered {
+                Some(entry) => {
+                    state.credit_back(entry.consumer, &mut wakers);
+                    Ok(state.keep_for_publisher(entry.message))
+                }
+                None => Err(()),
             }
-            answered
         };
         wake_all(wakers);
-        // Usually the message's last reference: freed here, not under the lock the
-        // publishers and the other answers wait on.
-        answered.map(drop).ok_or(())
+        // Usually the message's last reference: when the next publish does not take it,
+        // freed here, not under the lock the publishers and the other answers wait on.
+        answered.map(drop)
     }
 
     /// Gives a delivery back for redelivery, after `delay` when it is not zero.
@@ -498,6 +517,18 @@ impl GroupState {
             consumer.in_flight = consumer.in_flight.saturating_sub(1);
             wakers.extend(consumer.credit.take());
         }
+    }
+
+    /// Keeps an answered message for the next publish to drop, unless enough are kept
+    /// already: then it is given back to be dropped by the caller.
+    fn keep_for_publisher(&mut self, message: Arc<Message>) -> Option<Arc<Message>> {
+        let bytes = self.answered_bytes.saturating_add(message.payload.len());
+        if self.answered.len() >= RECLAIM_MESSAGES || bytes > RECLAIM_BYTES {
+            return Some(message);
+        }
+        self.answered_bytes = bytes;
+        self.answered.push(message);
+        None
     }
 
     fn wake_idle(&mut self, wakers: &mut Vec<Waker>) {

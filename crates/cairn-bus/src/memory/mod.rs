@@ -61,7 +61,11 @@
 //! takes up to 64 messages per lock into its stream and hands them out without locking;
 //! answers lock the group briefly. Consumers are woken through their wakers, never by
 //! spawning tasks. A delivery costs one clone of its message (the queue keeps the original
-//! for redelivery) and one small box for its answer.
+//! for redelivery) and one small box for its answer. An acknowledged message is not freed
+//! by the thread that answers it but by the next publish to its group (up to 1,024
+//! messages and 8 MiB of payload waiting; past that the answer frees it): the publishing
+//! thread allocated it, and with the system allocator a consumer freeing every message
+//! on another thread contends with the publisher for the allocator's lock at each one.
 
 mod error;
 mod group;

@@ -292,6 +292,32 @@ async fn a_publisher_waiting_on_a_full_queue_resumes_once_a_quarter_of_it_was_ta
 }
 
 #[tokio::test(start_paused = true)]
+async fn answered_messages_are_freed_by_the_next_publish_up_to_a_bound() {
+    let broker = MemoryBroker::new();
+    let mut deliveries = broker
+        .subscribe(&spec("g").prefetch(2_000))
+        .await
+        .expect("subscribe");
+    publish(&broker, "t", 0..1_100).await;
+    let delivered = take(&mut deliveries, 1_100).await;
+    let messages: Vec<Arc<Message>> = delivered
+        .iter()
+        .map(|delivery| Arc::clone(&delivery.message))
+        .collect();
+    for delivery in delivered {
+        delivery.ack().await.expect("ack");
+    }
+    // The first 1,024 wait for the next publish, which drops the group's reference; the
+    // answers dropped the rest.
+    let references = |at: usize| Arc::strong_count(&messages[at]);
+    assert_eq!((references(0), references(1_023)), (2, 2));
+    assert_eq!((references(1_024), references(1_099)), (1, 1));
+    assert_eq!(broker.lag(&spec("g")).await.expect("lag"), Some(0));
+    publish(&broker, "t", 0..1).await;
+    assert!((0..messages.len()).all(|at| references(at) == 1));
+}
+
+#[tokio::test(start_paused = true)]
 async fn an_oversized_message_refuses_the_whole_batch() {
     let broker = MemoryBroker::with_options(MemoryOptions::default().max_message_size(100));
     let mut deliveries = broker.subscribe(&spec("g")).await.expect("subscribe");
