@@ -278,11 +278,16 @@ impl Group {
     }
 
     /// Appends `messages` to `ready` (the caller checked the room) and wakes idle
-    /// consumers; then, the lock released, drops the messages answered since the last
-    /// publish, on the publisher's thread.
-    pub(super) fn push(&self, messages: impl IntoIterator<Item = Arc<Message>>) {
+    /// consumers. The messages answered since the last publish are swapped into
+    /// `answered`, which must be empty (its memory goes to the group for the next ones):
+    /// the publisher drops them once the lock is released, on its own thread.
+    pub(super) fn push(
+        &self,
+        messages: impl IntoIterator<Item = Arc<Message>>,
+        answered: &mut Vec<Arc<Message>>,
+    ) {
         let mut wakers = Vec::new();
-        let answered = {
+        {
             let mut state = self.lock();
             state
                 .ready
@@ -293,11 +298,10 @@ impl Group {
             for consumer in &mut state.consumers {
                 wakers.extend(consumer.idle.take());
             }
+            std::mem::swap(&mut state.answered, answered);
             state.answered_bytes = 0;
-            std::mem::take(&mut state.answered)
-        };
+        }
         wake_all(wakers);
-        drop(answered);
     }
 
     pub(super) fn add_consumer(&self, id: u64) {
