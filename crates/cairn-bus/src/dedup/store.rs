@@ -1,6 +1,6 @@
 //! The [`Inbox`] contract and [`MemoryInbox`], its in-process implementation.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use async_trait::async_trait;
@@ -57,11 +57,36 @@ pub trait ImmediateInbox: Send + Sync {
     /// As [`Inbox::record`].
     fn record_now(&self, consumer: &str, id: Uuid) -> Result<bool, InboxError>;
 
-    /// Removes the record of `id` that `record_now` made, so that `id` is new again (an
-    /// id not recorded stays so). It cannot fail: the de-duplication middleware records
-    /// an id when its message starts and relies on this to take the record back when the
+    /// Checks `id` and, when it is new, records it and marks it as running, in one
+    /// access: the answer says whether this caller now runs the message
+    /// ([`Start::New`], and must then call [`finish_now`](Self::finish_now)), whether its
+    /// effects are done ([`Start::Done`]), or whether a run that may still fail holds it
+    /// ([`Start::Running`]), wherever that run is (another de-duplication layer over a
+    /// clone of this inbox included).
+    ///
+    /// # Errors
+    ///
+    /// As [`Inbox::record`].
+    fn start_now(&self, consumer: &str, id: Uuid) -> Result<Start, InboxError>;
+
+    /// Ends the run of `id` that [`start_now`](Self::start_now) began: on success the id
+    /// stays recorded; otherwise the record is removed, so that `id` is new again. Either
+    /// way the id is no longer running. An id not running is left as it is. It cannot
+    /// fail: the de-duplication middleware relies on it to take a record back when its
     /// message fails or is cancelled.
-    fn forget_now(&self, consumer: &str, id: Uuid);
+    fn finish_now(&self, consumer: &str, id: Uuid, succeeded: bool);
+}
+
+/// What [`ImmediateInbox::start_now`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Start {
+    /// The id was not recorded: it now is, and is running for the caller.
+    New,
+    /// The id is recorded and no run of it is going on: its effects are done.
+    Done,
+    /// The id is recorded by a run that has not finished and may still fail (and then
+    /// take the record back): its effects are not known to be done.
+    Running,
 }
 
 /// An [`Inbox`] in this process's memory, bounded: it remembers at least the last
@@ -69,8 +94,8 @@ pub trait ImmediateInbox: Send + Sync {
 /// generations.
 ///
 /// **The window is the guarantee:** an id is recognized as long as fewer than `window`
-/// newer ids were recorded for its consumer (an id recorded and then removed again with
-/// [`forget_now`](ImmediateInbox::forget_now) does not count). Ids are forgotten a
+/// newer ids were recorded for its consumer (an id whose run failed, removed again with
+/// [`finish_now`](ImmediateInbox::finish_now), does not count). Ids are forgotten a
 /// generation (a quarter of the window, rounded up) at a time, so an id older than the
 /// window may still be recognized for a while; once [`forgets_after`](Self::forgets_after)
 /// newer ids were recorded (the window plus less than two generations; less than one when
@@ -88,7 +113,13 @@ pub trait ImmediateInbox: Send + Sync {
 /// Recording one moves it into its generation's table with the 127 recorded before it,
 /// so that their cache misses overlap.
 ///
-/// Clones share the same memory.
+/// Besides its window each consumer keeps the ids [started](ImmediateInbox::start_now)
+/// and not yet [finished](ImmediateInbox::finish_now) (as many as run at once, a small
+/// set behind the same lock), so that a copy of a running message is told
+/// [`Start::Running`] rather than [`Start::Done`]. An id running when its generation is
+/// forgotten is still answered as running.
+///
+/// Clones share the same memory, running ids included.
 ///
 /// # Examples
 ///
@@ -112,7 +143,16 @@ pub struct MemoryInbox {
     generation: usize,
     /// Full generations kept besides the one filling: `generation * kept >= window`.
     kept: usize,
-    consumers: Arc<Mutex<HashMap<String, Window, KeyedHash>>>,
+    consumers: Arc<Mutex<HashMap<String, Consumer, KeyedHash>>>,
+}
+
+/// One consumer's ids in a [`MemoryInbox`].
+#[derive(Debug)]
+struct Consumer {
+    window: Window,
+    /// Ids started and not finished: written by `start_now` and `finish_now`, under the
+    /// inbox's lock.
+    running: HashSet<Uuid, KeyedHash>,
 }
 
 /// Full generations kept at most besides the one filling, so that a generation is a
@@ -158,10 +198,19 @@ impl MemoryInbox {
 
     /// How many ids it remembers now for `consumer`.
     pub fn remembered(&self, consumer: &str) -> usize {
-        self.lock().get(consumer).map_or(0, Window::len)
+        self.lock()
+            .get(consumer)
+            .map_or(0, |consumer| consumer.window.len())
     }
 
-    fn lock(&self) -> MutexGuard<'_, HashMap<String, Window, KeyedHash>> {
+    /// How many ids are running now for `consumer`: started and not finished.
+    pub fn running(&self, consumer: &str) -> usize {
+        self.lock()
+            .get(consumer)
+            .map_or(0, |consumer| consumer.running.len())
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, Consumer, KeyedHash>> {
         self.consumers
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -174,28 +223,56 @@ impl Default for MemoryInbox {
     }
 }
 
+impl MemoryInbox {
+    /// Runs `f` on `consumer`'s ids, made empty when the consumer is new.
+    fn with_consumer<T>(&self, consumer: &str, f: impl FnOnce(&mut Consumer) -> T) -> T {
+        let mut consumers = self.lock();
+        let ids = match consumers.get_mut(consumer) {
+            Some(ids) => ids,
+            None => consumers
+                .entry(consumer.to_owned())
+                .or_insert_with(|| Consumer {
+                    window: Window::new(self.generation, self.kept),
+                    running: HashSet::default(),
+                }),
+        };
+        f(ids)
+    }
+}
+
 impl ImmediateInbox for MemoryInbox {
     fn contains_now(&self, consumer: &str, id: Uuid) -> Result<bool, InboxError> {
         Ok(self
             .lock()
             .get(consumer)
-            .is_some_and(|window| window.contains(id)))
+            .is_some_and(|consumer| consumer.window.contains(id)))
     }
 
     fn record_now(&self, consumer: &str, id: Uuid) -> Result<bool, InboxError> {
-        let mut consumers = self.lock();
-        let window = match consumers.get_mut(consumer) {
-            Some(window) => window,
-            None => consumers
-                .entry(consumer.to_owned())
-                .or_insert_with(|| Window::new(self.generation, self.kept)),
-        };
-        Ok(window.record(id))
+        Ok(self.with_consumer(consumer, |ids| ids.window.record(id)))
     }
 
-    fn forget_now(&self, consumer: &str, id: Uuid) {
-        if let Some(window) = self.lock().get_mut(consumer) {
-            window.forget(id);
+    fn start_now(&self, consumer: &str, id: Uuid) -> Result<Start, InboxError> {
+        Ok(self.with_consumer(consumer, |ids| {
+            // The small set first: a running id is answered without the window, even
+            // when its generation was forgotten meanwhile.
+            if ids.running.contains(&id) {
+                Start::Running
+            } else if ids.window.record(id) {
+                ids.running.insert(id);
+                Start::New
+            } else {
+                Start::Done
+            }
+        }))
+    }
+
+    fn finish_now(&self, consumer: &str, id: Uuid, succeeded: bool) {
+        if let Some(ids) = self.lock().get_mut(consumer)
+            && ids.running.remove(&id)
+            && !succeeded
+        {
+            ids.window.forget(id);
         }
     }
 }
