@@ -36,32 +36,81 @@ impl BuildHasher for KeyedHash {
     }
 }
 
-/// The hasher of [`KeyedHash`]: each write folds 16 bytes at a time into the state.
+/// The hasher of [`KeyedHash`]: each write folds 16 bytes at a time into the state, a
+/// shorter last chunk read as two (overlapping) words.
 #[derive(Debug)]
 pub(crate) struct KeyedHasher {
     keys: (u64, u64),
     state: u64,
 }
 
+#[inline]
 fn folded_multiply(a: u64, b: u64) -> u64 {
     let product = u128::from(a) * u128::from(b);
     (product as u64) ^ ((product >> 64) as u64)
 }
 
+/// The first `N` bytes of `bytes` (which has at least that many) as a little-endian word.
+#[inline]
+fn word<const N: usize>(bytes: &[u8]) -> u64 {
+    let mut word = [0u8; 8];
+    if let (Some(to), Some(from)) = (word.get_mut(..N), bytes.get(..N)) {
+        to.copy_from_slice(from);
+    }
+    u64::from_le_bytes(word)
+}
+
+/// Up to 16 bytes as two words, every byte in one of them, without a copy of variable
+/// length: from 8 bytes on, the first and the last eight (overlapping below 16); from 4,
+/// the first and the last four; below that, the first, middle and last byte. Which bytes
+/// the words hold depends only on the length, which the caller mixes in as well.
+#[inline]
+fn words(bytes: &[u8]) -> (u64, u64) {
+    let len = bytes.len();
+    let tail = |n: usize| bytes.get(len.saturating_sub(n)..).unwrap_or_default();
+    match len {
+        8.. => (word::<8>(bytes), word::<8>(tail(8))),
+        4..8 => (word::<4>(bytes), word::<4>(tail(4))),
+        1..4 => {
+            let byte = |at: usize| u64::from(bytes.get(at).copied().unwrap_or_default());
+            ((byte(0) << 16) | (byte(len / 2) << 8) | byte(len - 1), 0)
+        }
+        0 => (0, 0),
+    }
+}
+
+impl KeyedHasher {
+    /// Folds one chunk of up to 16 bytes, given as its two words and its length.
+    #[inline]
+    fn fold(&mut self, (high, low): (u64, u64), len: usize) {
+        // The chunk's length turns the second key, so that chunks of different lengths
+        // whose words hold the same bytes (or bytes shifted to look alike) hash apart,
+        // in a way that cannot be arranged without the key.
+        let key = self.keys.1.rotate_left(len as u32);
+        self.state = folded_multiply(high ^ self.keys.0 ^ self.state, low ^ key);
+    }
+}
+
 impl Hasher for KeyedHasher {
+    #[inline]
     fn write(&mut self, bytes: &[u8]) {
-        for chunk in bytes.chunks(16) {
-            let mut halves = [0u8; 16];
-            halves[..chunk.len()].copy_from_slice(chunk);
-            let (high, low) = halves.split_at(8);
-            let high = u64::from_le_bytes(high.try_into().unwrap_or_default());
-            // The chunk's length keeps a short chunk apart from the same bytes padded.
-            let low = u64::from_le_bytes(low.try_into().unwrap_or_default())
-                ^ (chunk.len() as u64).rotate_left(56);
-            self.state = folded_multiply(high ^ self.keys.0 ^ self.state, low ^ self.keys.1);
+        let mut chunks = bytes.chunks_exact(16);
+        for chunk in &mut chunks {
+            self.fold(
+                (
+                    word::<8>(chunk),
+                    word::<8>(chunk.get(8..).unwrap_or_default()),
+                ),
+                16,
+            );
+        }
+        let rest = chunks.remainder();
+        if !rest.is_empty() {
+            self.fold(words(rest), rest.len());
         }
     }
 
+    #[inline]
     fn write_u8(&mut self, n: u8) {
         // A string's terminator: one multiply.
         self.state = folded_multiply(
@@ -70,10 +119,12 @@ impl Hasher for KeyedHasher {
         );
     }
 
+    #[inline]
     fn write_usize(&mut self, n: usize) {
         self.state = self.state.rotate_left(5) ^ n as u64;
     }
 
+    #[inline]
     fn finish(&self) -> u64 {
         self.state
     }
@@ -133,5 +184,28 @@ mod tests {
             "a bucket of 1,024 took {fullest} of 100,000 keys"
         );
         assert_eq!(hash.hash_one("key-7"), hash.hash_one(String::from("key-7")));
+    }
+
+    #[test]
+    fn every_byte_of_every_length_counts() {
+        // For each length, the string of `a`s and each one-byte change of it: the short
+        // chunk's words must take in every byte, the length keeps lengths apart.
+        let hash = KeyedHash::default();
+        let mut hashes = HashSet::new();
+        let mut count = 0;
+        for len in 0..=40 {
+            let base = vec![b'a'; len];
+            for at in 0..=len {
+                let mut changed = base.clone();
+                if let Some(byte) = changed.get_mut(at) {
+                    *byte = b'b';
+                }
+                // As a slice (length first) and as a string (a terminator after).
+                hashes.insert(hash.hash_one(&changed[..]));
+                hashes.insert(hash.hash_one(String::from_utf8(changed).unwrap()));
+                count += 2;
+            }
+        }
+        assert_eq!(hashes.len(), count, "a byte or a length went unnoticed");
     }
 }

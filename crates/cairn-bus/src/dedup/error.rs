@@ -1,5 +1,9 @@
 //! [`InboxError`]: why an inbox could not answer.
 
+use std::sync::Arc;
+
+use uuid::Uuid;
+
 use crate::handler::HandlerError;
 use crate::transport::BoxError;
 
@@ -38,5 +42,30 @@ impl From<InboxError> for HandlerError {
             InboxError::Unavailable(_) => HandlerError::transient(error),
             InboxError::InvalidConsumer { .. } => HandlerError::permanent(error),
         }
+    }
+}
+
+/// Why [`Dedup`](super::Dedup) failed a copy of a message without running it: another
+/// run of the same id for the same consumer, through another
+/// [`DedupLayer`](super::DedupLayer) over the same inbox, has not finished and may still
+/// fail. Acknowledging the copy could settle the message before that run's outcome is
+/// known, so the copy fails as a transient [`HandlerError`] and its redelivery finds the
+/// outcome.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "message {id} is already running for consumer {consumer:?}; a redelivery will find its outcome"
+)]
+#[non_exhaustive]
+pub struct RunningElsewhere {
+    /// The consumer name.
+    pub consumer: Arc<str>,
+    /// The message id.
+    pub id: Uuid,
+}
+
+impl RunningElsewhere {
+    /// A stable code for the error, never reused for another meaning.
+    pub fn code(&self) -> &'static str {
+        "inbox_running_elsewhere"
     }
 }

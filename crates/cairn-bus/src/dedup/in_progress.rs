@@ -2,7 +2,7 @@
 //! them waits for the first instead of running beside it.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use tokio::sync::oneshot;
 use uuid::Uuid;
@@ -19,10 +19,11 @@ pub(super) struct InProgress {
 
 /// What a delivery gets from [`InProgress::claim`].
 pub(super) enum Claim {
-    /// Nobody handles the id: this delivery does, and must [`Owner::finish`].
-    Owner(Owner),
+    /// Nobody handles the id: this delivery does, and must
+    /// [`release`](InProgress::release) it.
+    Owner,
     /// Another delivery handles it: this one learns whether it succeeded (`true`); a
-    /// failure, or a dropped owner, says to claim again.
+    /// failure, or a claim released without an answer, says to claim again.
     Wait(oneshot::Receiver<bool>),
 }
 
@@ -32,7 +33,7 @@ impl InProgress {
     }
 
     /// Claims `id` for the calling delivery, or a place among its waiters.
-    pub(super) fn claim(self: &Arc<Self>, id: Uuid) -> Claim {
+    pub(super) fn claim(&self, id: Uuid) -> Claim {
         let mut ids = self.lock();
         if let Some(waiters) = ids.get_mut(&id) {
             let (sender, receiver) = oneshot::channel();
@@ -40,11 +41,17 @@ impl InProgress {
             return Claim::Wait(receiver);
         }
         ids.insert(id, Vec::new());
-        Claim::Owner(Owner {
-            in_progress: Arc::clone(self),
-            id,
-            finished: false,
-        })
+        Claim::Owner
+    }
+
+    /// Ends the claim on `id` and tells the waiters whether the message's effects are
+    /// done.
+    pub(super) fn release(&self, id: Uuid, succeeded: bool) {
+        let waiters = self.lock().remove(&id);
+        for waiter in waiters.into_iter().flatten() {
+            // A waiter that went away needs no answer.
+            let _ = waiter.send(succeeded);
+        }
     }
 
     #[cfg(test)]
@@ -53,35 +60,36 @@ impl InProgress {
     }
 }
 
-/// The claim on an id in progress. Dropped without [`finish`](Self::finish) (a cancelled
-/// delivery), it finishes as failed, so a waiter runs the message.
+/// A claim held across awaits: dropped without [`finish`](Self::finish) (a cancelled
+/// delivery), it releases the claim as failed, so a waiter runs the message.
 #[derive(Debug)]
-pub(super) struct Owner {
-    in_progress: Arc<InProgress>,
+pub(super) struct Owner<'a> {
+    in_progress: &'a InProgress,
     id: Uuid,
     finished: bool,
 }
 
-impl Owner {
-    /// Ends the claim and tells the waiters whether the message's effects are done.
-    pub(super) fn finish(mut self, succeeded: bool) {
-        self.release(succeeded);
+impl<'a> Owner<'a> {
+    /// The claim on `id`, which the caller got from [`InProgress::claim`].
+    pub(super) fn new(in_progress: &'a InProgress, id: Uuid) -> Self {
+        Self {
+            in_progress,
+            id,
+            finished: false,
+        }
     }
 
-    fn release(&mut self, succeeded: bool) {
-        if std::mem::replace(&mut self.finished, true) {
-            return;
-        }
-        let waiters = self.in_progress.lock().remove(&self.id);
-        for waiter in waiters.into_iter().flatten() {
-            // A waiter that went away needs no answer.
-            let _ = waiter.send(succeeded);
-        }
+    /// Ends the claim and tells the waiters whether the message's effects are done.
+    pub(super) fn finish(mut self, succeeded: bool) {
+        self.finished = true;
+        self.in_progress.release(self.id, succeeded);
     }
 }
 
-impl Drop for Owner {
+impl Drop for Owner<'_> {
     fn drop(&mut self) {
-        self.release(false);
+        if !self.finished {
+            self.in_progress.release(self.id, false);
+        }
     }
 }

@@ -29,7 +29,7 @@ impl DedupLayer {
             shared: Arc::new(Shared {
                 consumer: consumer.into(),
                 inbox,
-                in_progress: Arc::new(InProgress::default()),
+                in_progress: InProgress::default(),
             }),
         }
     }

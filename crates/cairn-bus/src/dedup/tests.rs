@@ -14,6 +14,8 @@ use crate::message::Message;
 #[derive(Clone, Default)]
 struct Handler {
     runs: Arc<AtomicUsize>,
+    /// Runs that succeeded: the message's effect.
+    done: Arc<AtomicUsize>,
     failing: Arc<AtomicBool>,
     gate: Option<Arc<Semaphore>>,
 }
@@ -32,6 +34,10 @@ impl Handler {
         self.runs.load(Ordering::SeqCst)
     }
 
+    fn effects(&self) -> usize {
+        self.done.load(Ordering::SeqCst)
+    }
+
     fn service(
         &self,
     ) -> impl Service<Incoming, Response = (), Error = HandlerError, Future: Send> + Clone + Send + 'static
@@ -47,6 +53,7 @@ impl Handler {
                 if handler.failing.load(Ordering::SeqCst) {
                     return Err(HandlerError::transient("downstream away"));
                 }
+                handler.done.fetch_add(1, Ordering::SeqCst);
                 Ok(())
             }
         })
@@ -216,6 +223,65 @@ async fn a_cancelled_first_delivery_lets_the_duplicate_run() {
 }
 
 #[tokio::test]
+async fn an_immediate_inbox_holds_the_id_while_the_message_runs_and_a_failure_takes_it_back() {
+    let (handler, gate) = Handler::gated();
+    let inbox = MemoryInbox::new();
+    let layer = DedupLayer::new("billing", inbox.clone());
+    let mut service = layer.layer(handler.service());
+    let id = Uuid::now_v7();
+    handler.failing.store(true, Ordering::SeqCst);
+    let first = start(&mut service, id).await;
+    assert!(
+        inbox.contains_now("billing", id).unwrap(),
+        "recorded as it started"
+    );
+    gate.add_permits(1);
+    assert!(first.await.unwrap().is_err());
+    assert!(!inbox.contains_now("billing", id).unwrap());
+    assert_eq!(inbox.remembered("billing"), 0);
+    assert_eq!(layer.shared.in_progress.len(), 0);
+
+    handler.failing.store(false, Ordering::SeqCst);
+    gate.add_permits(2);
+    deliver(&mut service, id).await.unwrap();
+    deliver(&mut service, id).await.unwrap();
+    assert_eq!(handler.runs(), 2, "the redelivery ran, its duplicate not");
+    assert!(inbox.contains_now("billing", id).unwrap());
+}
+
+#[tokio::test]
+async fn a_cancelled_message_leaves_its_id_unrecorded() {
+    let (handler, _gate) = Handler::gated();
+    let inbox = MemoryInbox::new();
+    let layer = DedupLayer::new("billing", inbox.clone());
+    let mut service = layer.layer(handler.service());
+    let id = Uuid::now_v7();
+    let first = start(&mut service, id).await;
+    assert!(inbox.contains_now("billing", id).unwrap());
+    first.abort();
+    assert!(first.await.unwrap_err().is_cancelled());
+    assert!(!inbox.contains_now("billing", id).unwrap());
+    assert_eq!(layer.shared.in_progress.len(), 0);
+}
+
+#[tokio::test]
+async fn a_duplicate_arriving_while_the_first_runs_waits_for_its_outcome() {
+    let (handler, gate) = Handler::gated();
+    let layer = DedupLayer::new("billing", MemoryInbox::new());
+    let mut service = layer.layer(handler.service());
+    let id = Uuid::now_v7();
+    let first = start(&mut service, id).await;
+    let second = start(&mut service, id).await;
+    // The id is recorded, yet the duplicate neither skips nor runs before the first ends.
+    assert!(!second.is_finished(), "the duplicate did not wait");
+    assert_eq!(handler.runs(), 1);
+    gate.add_permits(1);
+    first.await.unwrap().unwrap();
+    second.await.unwrap().unwrap();
+    assert_eq!(handler.runs(), 1);
+}
+
+#[tokio::test]
 async fn an_unavailable_inbox_fails_the_message_without_running_it() {
     let inbox = WaitingInbox::default();
     inbox.broken.store(true, Ordering::SeqCst);
@@ -371,4 +437,94 @@ async fn a_duplicate_inside_the_window_is_skipped_and_one_past_it_runs_again() {
         2,
         "a duplicate past the window was not run again"
     );
+}
+
+#[test]
+fn an_id_recorded_and_removed_again_does_not_count_toward_the_window() {
+    // Generations of one id: any record past the window that counted would forget `old`.
+    let inbox = MemoryInbox::with_window(4);
+    let old = Uuid::now_v7();
+    assert!(inbox.record_now("billing", old).unwrap());
+    for _ in 0..10 {
+        let failed = Uuid::now_v7();
+        assert_eq!(inbox.start_now("billing", failed).unwrap(), Start::New);
+        inbox.finish_now("billing", failed, false);
+        assert!(!inbox.contains_now("billing", failed).unwrap());
+    }
+    record_fresh(&inbox, "billing", 3);
+    assert!(
+        inbox.contains_now("billing", old).unwrap(),
+        "3 newer ids and 10 removed ones forgot it"
+    );
+    assert_eq!(inbox.remembered("billing"), 4);
+    // Failing an id not running (never recorded, recorded without a run, or of a
+    // consumer without any) changes nothing.
+    inbox.finish_now("billing", Uuid::now_v7(), false);
+    inbox.finish_now("billing", old, false);
+    inbox.finish_now("shipping", old, false);
+    assert_eq!(inbox.remembered("billing"), 4);
+    assert!(inbox.contains_now("billing", old).unwrap());
+}
+
+#[test]
+fn a_started_id_is_running_for_every_clone_until_it_finishes() {
+    let inbox = MemoryInbox::with_window(4);
+    let other = inbox.clone();
+    let (kept, failed) = (Uuid::now_v7(), Uuid::now_v7());
+    for id in [kept, failed] {
+        assert_eq!(inbox.start_now("billing", id).unwrap(), Start::New);
+        assert_eq!(other.start_now("billing", id).unwrap(), Start::Running);
+        assert_eq!(inbox.start_now("shipping", id).unwrap(), Start::New);
+    }
+    assert_eq!(inbox.running("billing"), 2);
+    other.finish_now("billing", kept, true);
+    other.finish_now("billing", failed, false);
+    assert_eq!(inbox.start_now("billing", kept).unwrap(), Start::Done);
+    assert_eq!(inbox.start_now("billing", failed).unwrap(), Start::New);
+    assert_eq!(inbox.running("billing"), 1);
+    // Still running after its generation was forgotten: never answered as new meanwhile.
+    record_fresh(&inbox, "billing", inbox.forgets_after() + 1);
+    assert!(!inbox.contains_now("billing", failed).unwrap());
+    assert_eq!(inbox.start_now("billing", failed).unwrap(), Start::Running);
+    inbox.finish_now("billing", failed, true);
+    assert_eq!(inbox.running("billing"), 0);
+}
+
+#[tokio::test]
+async fn a_copy_reaching_another_layer_while_the_first_runs_is_not_acknowledged_unrun() {
+    // Two consumers of one group in one process, each with its layer over a clone of one
+    // inbox: a redelivery (after an ack timeout) reaches the second while the first copy
+    // still runs, and the first then fails. Acknowledging the second copy without running
+    // it would settle the message on brokers that ack a message rather than a delivery.
+    let (handler, gate) = Handler::gated();
+    let inbox = MemoryInbox::new();
+    let mut one = DedupLayer::new("billing", inbox.clone()).layer(handler.service());
+    let mut two = DedupLayer::new("billing", inbox.clone()).layer(handler.service());
+    let id = Uuid::now_v7();
+    handler.failing.store(true, Ordering::SeqCst);
+    let first = start(&mut one, id).await;
+    assert_eq!(handler.runs(), 1);
+    let second = start(&mut two, id).await;
+
+    gate.add_permits(1);
+    assert!(first.await.unwrap().is_err());
+    handler.failing.store(false, Ordering::SeqCst);
+    // Room for a second copy that waited for the first's outcome and runs now.
+    gate.add_permits(1);
+    let second = tokio::time::timeout(Duration::from_secs(10), second)
+        .await
+        .expect("the second copy is not stuck")
+        .unwrap();
+    match second {
+        Ok(()) => assert_eq!(handler.runs(), 2, "the second copy was acknowledged unrun"),
+        Err(error) => assert!(error.is_retryable(), "{error}"),
+    }
+
+    // The broker redelivers what was not acknowledged, to either consumer.
+    gate.add_permits(2);
+    deliver(&mut two, id).await.unwrap();
+    deliver(&mut one, id).await.unwrap();
+    assert_eq!(handler.effects(), 1, "the effect happened once");
+    assert_eq!(inbox.running("billing"), 0);
+    assert!(inbox.contains_now("billing", id).unwrap());
 }

@@ -28,6 +28,10 @@ use crate::message::Message;
 
 /// The most messages a consumer takes from its group per lock.
 const TAKE_BATCH: usize = 64;
+/// The most answered messages a group keeps for its next publish to free...
+const RECLAIM_MESSAGES: usize = 1_024;
+/// ...and the most payload bytes among them.
+const RECLAIM_BYTES: usize = 8 << 20;
 
 /// One (topic, group) queue.
 #[derive(Debug)]
@@ -36,6 +40,10 @@ pub(super) struct Group {
     pub(super) topic: Arc<str>,
     /// The most messages `ready` holds before publishers wait.
     capacity: usize,
+    /// Publishers that waited for room are woken when a consumer takes `ready` below
+    /// this, three quarters of `capacity`: a full queue then wakes them once per quarter
+    /// of it taken, not at every take (each wake-up a switch between their tasks).
+    resume: usize,
     /// The queue and its consumers. Locked by publishers (to push), consumers (to take),
     /// answers (to remove or give back), and by severs and closing connections.
     state: Mutex<GroupState>,
@@ -57,6 +65,14 @@ struct GroupState {
     delayed_seq: u64,
     outstanding: Slab,
     consumers: Vec<Consumer>,
+    /// Messages acknowledged since the last publish, which that publish drops (at most
+    /// [`RECLAIM_MESSAGES`] of them and [`RECLAIM_BYTES`] of payload; past those the
+    /// answering thread drops them itself). A publishing thread allocated them, and an
+    /// allocator frees a block on the thread that allocated it without contending for
+    /// a lock with that thread, as a consumer on another thread would at every message.
+    answered: Vec<Arc<Message>>,
+    /// The payload bytes of `answered`.
+    answered_bytes: usize,
 }
 
 /// A message waiting in a queue.
@@ -226,6 +242,7 @@ impl Group {
         Self {
             topic,
             capacity: capacity.max(1),
+            resume: capacity.max(1) - capacity.max(1) / 4,
             state: Mutex::new(GroupState::default()),
             epoch: AtomicU64::new(0),
             space: Notify::new(),
@@ -248,8 +265,9 @@ impl Group {
         self.capacity.saturating_sub(self.lock().ready.len())
     }
 
-    /// Resolves once a consumer took from a full queue; registered before the room is
-    /// checked again, so that no notification is missed.
+    /// Resolves once a consumer took a full queue below three quarters of its capacity
+    /// (right away when it is not full); registered before the room is checked, so that
+    /// no notification is missed.
     pub(super) async fn wait_for_room(&self) {
         let notified = self.space.notified();
         tokio::pin!(notified);
@@ -260,8 +278,14 @@ impl Group {
     }
 
     /// Appends `messages` to `ready` (the caller checked the room) and wakes idle
-    /// consumers.
-    pub(super) fn push(&self, messages: impl IntoIterator<Item = Arc<Message>>) {
+    /// consumers. The messages answered since the last publish are swapped into
+    /// `answered`, which must be empty (its memory goes to the group for the next ones):
+    /// the publisher drops them once the lock is released, on its own thread.
+    pub(super) fn push(
+        &self,
+        messages: impl IntoIterator<Item = Arc<Message>>,
+        answered: &mut Vec<Arc<Message>>,
+    ) {
         let mut wakers = Vec::new();
         {
             let mut state = self.lock();
@@ -274,6 +298,8 @@ impl Group {
             for consumer in &mut state.consumers {
                 wakers.extend(consumer.idle.take());
             }
+            std::mem::swap(&mut state.answered, answered);
+            state.answered_bytes = 0;
         }
         wake_all(wakers);
     }
@@ -370,7 +396,7 @@ impl Group {
             };
         }
         state.consumers[index].in_flight += took;
-        if ready_before >= self.capacity && state.ready.len() < self.capacity {
+        if ready_before >= self.resume && state.ready.len() < self.resume {
             self.space.notify_waiters();
         }
         Take::Took {
@@ -388,15 +414,18 @@ impl Group {
         let answered = {
             let mut state = self.lock();
             let answered = state.outstanding.remove(tag);
-            if let Some(entry) = &answered {
-                state.credit_back(entry.consumer, &mut wakers);
+            match answered {
+                Some(entry) => {
+                    state.credit_back(entry.consumer, &mut wakers);
+                    Ok(state.keep_for_publisher(entry.message))
+                }
+                None => Err(()),
             }
-            answered
         };
         wake_all(wakers);
-        // Usually the message's last reference: freed here, not under the lock the
-        // publishers and the other answers wait on.
-        answered.map(drop).ok_or(())
+        // Usually the message's last reference: when the next publish does not take it,
+        // freed here, not under the lock the publishers and the other answers wait on.
+        answered.map(drop)
     }
 
     /// Gives a delivery back for redelivery, after `delay` when it is not zero.
@@ -492,6 +521,18 @@ impl GroupState {
             consumer.in_flight = consumer.in_flight.saturating_sub(1);
             wakers.extend(consumer.credit.take());
         }
+    }
+
+    /// Keeps an answered message for the next publish to drop, unless enough are kept
+    /// already: then it is given back to be dropped by the caller.
+    fn keep_for_publisher(&mut self, message: Arc<Message>) -> Option<Arc<Message>> {
+        let bytes = self.answered_bytes.saturating_add(message.payload.len());
+        if self.answered.len() >= RECLAIM_MESSAGES || bytes > RECLAIM_BYTES {
+            return Some(message);
+        }
+        self.answered_bytes = bytes;
+        self.answered.push(message);
+        None
     }
 
     fn wake_idle(&mut self, wakers: &mut Vec<Waker>) {

@@ -20,8 +20,10 @@
 //! - **Capacity**: each group's queue of never-delivered messages holds at most
 //!   [`MemoryOptions::queue_capacity`] messages; [`Publisher::publish`] waits (without
 //!   spinning) while a group of the topic is full, so a fast producer cannot outgrow a slow
-//!   consumer. A group with no consumer that fills up makes publishers to its topic wait
-//!   until someone consumes. Redeliveries never wait for room.
+//!   consumer, and goes on once the group's consumers took the queue below three quarters
+//!   of its capacity (so that a full queue wakes its publishers once per quarter taken,
+//!   not at every take). A group with no consumer that fills up makes publishers to its
+//!   topic wait until someone consumes. Redeliveries never wait for room.
 //! - **Size**: a message whose [`Message::encoded_len`] is above
 //!   [`MemoryOptions::max_message_size`] is refused with
 //!   [`TransportError::PayloadTooLarge`], and then nothing of the batch is published.
@@ -59,7 +61,11 @@
 //! takes up to 64 messages per lock into its stream and hands them out without locking;
 //! answers lock the group briefly. Consumers are woken through their wakers, never by
 //! spawning tasks. A delivery costs one clone of its message (the queue keeps the original
-//! for redelivery) and one small box for its answer.
+//! for redelivery) and one small box for its answer. An acknowledged message is not freed
+//! by the thread that answers it but by the next publish to its group (up to 1,024
+//! messages and 8 MiB of payload waiting; past that the answer frees it): the publishing
+//! thread allocated it, and with the system allocator a consumer freeing every message
+//! on another thread contends with the publisher for the allocator's lock at each one.
 
 mod error;
 mod group;

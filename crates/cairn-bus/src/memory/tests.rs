@@ -245,7 +245,7 @@ async fn publish_waits_while_a_group_is_full() {
         !publishing.is_finished(),
         "publish returned past a full queue"
     );
-    // 4 queued; taking one makes room for one more.
+    // 4 queued; the publisher goes on once the consumer took a quarter of them.
     assert_eq!(broker.lag(&spec("g")).await.expect("lag"), Some(4));
     let mut received = Vec::new();
     while received.len() < 10 {
@@ -260,6 +260,61 @@ async fn publish_waits_while_a_group_is_full() {
         .expect("the publisher did not panic");
     let expected: Vec<String> = (0..10).map(|n| n.to_string()).collect();
     assert_eq!(received, expected);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_publisher_waiting_on_a_full_queue_resumes_once_a_quarter_of_it_was_taken() {
+    let broker = MemoryBroker::with_options(MemoryOptions::default().queue_capacity(8));
+    let mut deliveries = broker
+        .subscribe(&spec("g").prefetch(1))
+        .await
+        .expect("subscribe");
+    let publisher = broker.clone();
+    let mut publishing = tokio::spawn(async move { publish(&publisher, "t", 0..10).await });
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(broker.lag(&spec("g")).await.expect("lag"), Some(8));
+    for taken in 1..=2 {
+        next(&mut deliveries).await.ack().await.expect("ack");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert!(!publishing.is_finished(), "woken after {taken} taken");
+        assert_eq!(
+            broker.lag(&spec("g")).await.expect("lag"),
+            Some(8 - taken as u64)
+        );
+    }
+    // The third leaves 5 of 8 queued, below three quarters: the publisher goes on.
+    next(&mut deliveries).await.ack().await.expect("ack");
+    tokio::time::timeout(Duration::from_secs(5), &mut publishing)
+        .await
+        .expect("the publisher resumed")
+        .expect("the publisher did not panic");
+    assert_eq!(broker.lag(&spec("g")).await.expect("lag"), Some(7));
+}
+
+#[tokio::test(start_paused = true)]
+async fn answered_messages_are_freed_by_the_next_publish_up_to_a_bound() {
+    let broker = MemoryBroker::new();
+    let mut deliveries = broker
+        .subscribe(&spec("g").prefetch(2_000))
+        .await
+        .expect("subscribe");
+    publish(&broker, "t", 0..1_100).await;
+    let delivered = take(&mut deliveries, 1_100).await;
+    let messages: Vec<Arc<Message>> = delivered
+        .iter()
+        .map(|delivery| Arc::clone(&delivery.message))
+        .collect();
+    for delivery in delivered {
+        delivery.ack().await.expect("ack");
+    }
+    // The first 1,024 wait for the next publish, which drops the group's reference; the
+    // answers dropped the rest.
+    let references = |at: usize| Arc::strong_count(&messages[at]);
+    assert_eq!((references(0), references(1_023)), (2, 2));
+    assert_eq!((references(1_024), references(1_099)), (1, 1));
+    assert_eq!(broker.lag(&spec("g")).await.expect("lag"), Some(0));
+    publish(&broker, "t", 0..1).await;
+    assert!((0..messages.len()).all(|at| references(at) == 1));
 }
 
 #[tokio::test(start_paused = true)]

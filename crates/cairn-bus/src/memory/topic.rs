@@ -29,6 +29,9 @@ pub(super) struct Topic {
 struct TopicState {
     groups: Vec<(Arc<str>, Arc<Group>)>,
     recent: Recent,
+    /// The answered messages a group hands a publish to drop; empty between publishes,
+    /// its memory passed from group to group so that neither side reallocates it.
+    answered: Vec<Arc<Message>>,
 }
 
 impl Topic {
@@ -39,6 +42,7 @@ impl Topic {
             state: Mutex::new(TopicState {
                 groups: Vec::new(),
                 recent: Recent::new(window, ids),
+                answered: Vec::new(),
             }),
         }
     }
@@ -105,10 +109,13 @@ impl Topic {
                         .map(Arc::new)
                         .collect();
                     if let Some(((_, last), others)) = state.groups.split_last() {
+                        // Each group's answered messages are dropped here, after its lock.
                         for (_, group) in others {
-                            group.push(accepted.iter().cloned());
+                            group.push(accepted.iter().cloned(), &mut state.answered);
+                            state.answered.clear();
                         }
-                        last.push(accepted);
+                        last.push(accepted, &mut state.answered);
+                        state.answered.clear();
                     }
                 }
                 full

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::num::NonZero;
-use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -22,6 +22,17 @@ pub const LATENCY_BUCKETS_MICROS: [u64; 17] = [
 /// The number of histogram buckets, `+Inf` included.
 const BUCKETS: usize = LATENCY_BUCKETS_MICROS.len() + 1;
 
+/// [`LATENCY_BUCKETS_MICROS`] in nanoseconds, what latencies are compared with.
+const LATENCY_BUCKETS_NANOS: [u64; BUCKETS - 1] = {
+    let mut nanos = [0; BUCKETS - 1];
+    let mut at = 0;
+    while at < nanos.len() {
+        nanos[at] = LATENCY_BUCKETS_MICROS[at] * 1_000;
+        at += 1;
+    }
+    nanos
+};
+
 /// One stripe of the counters. Each thread updates the stripe it was given on first use,
 /// so threads handling messages side by side do not fight over one cache line; readers
 /// add the stripes up. Aligned to keep stripes off each other's cache lines.
@@ -33,9 +44,10 @@ struct Shard {
     failed: AtomicU64,
     retried: AtomicU64,
     parked: AtomicU64,
-    /// Raised where a message starts and lowered where it ends, which may be another
-    /// thread's stripe: only the sum is meaningful.
-    in_flight: AtomicI64,
+    /// Messages dropped before their result (cancelled). The messages in flight are the
+    /// ones received and not yet handled, failed or abandoned, so a message costs no
+    /// counter of its own for them.
+    abandoned: AtomicU64,
     latency_buckets: [AtomicU64; BUCKETS],
     latency_sum_nanos: AtomicU64,
 }
@@ -43,7 +55,12 @@ struct Shard {
 impl Shard {
     fn observe(&self, latency: Duration) {
         let nanos = u64::try_from(latency.as_nanos()).unwrap_or(u64::MAX);
-        let bucket = LATENCY_BUCKETS_MICROS.partition_point(|&bound| bound * 1_000 < nanos);
+        // Most latencies fall in the first buckets: a scan from the start finds theirs in
+        // a comparison or two.
+        let bucket = LATENCY_BUCKETS_NANOS
+            .iter()
+            .position(|&bound| nanos <= bound)
+            .unwrap_or(BUCKETS - 1);
         if let Some(count) = self.latency_buckets.get(bucket) {
             count.fetch_add(1, Relaxed);
         }
@@ -127,7 +144,6 @@ impl BusMetrics {
     pub(crate) fn start(&self) -> InFlight {
         let shard = self.shard();
         shard.received.fetch_add(1, Relaxed);
-        shard.in_flight.fetch_add(1, Relaxed);
         InFlight {
             shard: Arc::clone(shard),
             started: Instant::now(),
@@ -190,14 +206,14 @@ impl BusMetrics {
     /// The current values, added up over the stripes.
     pub fn snapshot(&self) -> MetricsSnapshot {
         let mut snapshot = MetricsSnapshot::default();
-        let mut in_flight = 0i64;
+        let mut abandoned = 0;
         for shard in &self.registry.shards {
             snapshot.received += shard.received.load(Relaxed);
             snapshot.handled += shard.handled.load(Relaxed);
             snapshot.failed += shard.failed.load(Relaxed);
             snapshot.retried += shard.retried.load(Relaxed);
             snapshot.parked += shard.parked.load(Relaxed);
-            in_flight = in_flight.wrapping_add(shard.in_flight.load(Relaxed));
+            abandoned += shard.abandoned.load(Relaxed);
             for (total, count) in snapshot
                 .latency
                 .buckets
@@ -208,8 +224,11 @@ impl BusMetrics {
             }
             snapshot.latency.sum += Duration::from_nanos(shard.latency_sum_nanos.load(Relaxed));
         }
-        // Stripes read one after the other can briefly disagree by a message or two.
-        snapshot.in_flight = u64::try_from(in_flight).unwrap_or(0);
+        // Stripes read one after the other can briefly disagree by a message or two (a
+        // result counted before its message was received, say): never below zero.
+        snapshot.in_flight = snapshot
+            .received
+            .saturating_sub(snapshot.handled + snapshot.failed + abandoned);
         snapshot.latency.count = snapshot.latency.buckets.iter().sum();
         let by_topic = self
             .registry
@@ -258,14 +277,13 @@ impl InFlight {
         } else {
             self.shard.failed.fetch_add(1, Relaxed);
         }
-        self.shard.in_flight.fetch_sub(1, Relaxed);
     }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
         if !self.finished {
-            self.shard.in_flight.fetch_sub(1, Relaxed);
+            self.shard.abandoned.fetch_add(1, Relaxed);
         }
     }
 }

@@ -5,21 +5,28 @@
 //! the lane's last turn removes it, so the table holds at most as many lanes as there are
 //! messages in flight. Every change happens under the table's one lock, which is held only
 //! for a hash lookup and a queue push or pop.
+//!
+//! A lane keeps the message that opened it, which is what the table compares keys with.
+//! That message's [`Release`] finds the lane again by the key's hash and the message's
+//! address, without hashing or comparing the key again and without a reference of its
+//! own; a message that got the lane from a waiting turn finds it by its key.
 
-use std::collections::{HashMap, VecDeque, hash_map};
+use std::collections::VecDeque;
 use std::future::Future;
-use std::hash::{Hash, Hasher};
+use std::hash::BuildHasher;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll};
 
-use tokio::sync::{OwnedSemaphorePermit, oneshot};
+use hashbrown::HashTable;
+use hashbrown::hash_table;
+use tokio::sync::oneshot;
 
+use super::slots::Slots;
 use crate::hash::KeyedHash;
 use crate::message::Message;
 
-/// A key of the table: the message that opened the lane, compared and hashed by its
-/// ordering key, so that taking a lane costs a reference count, not a string copy.
+/// A message with an ordering key, compared by that key.
 #[derive(Debug, Clone)]
 pub(super) struct LaneKey(Arc<Message>);
 
@@ -32,40 +39,48 @@ impl LaneKey {
     fn as_str(&self) -> &str {
         self.0.key.as_deref().unwrap_or_default()
     }
-}
 
-impl PartialEq for LaneKey {
-    fn eq(&self, other: &Self) -> bool {
-        self.as_str() == other.as_str()
+    /// Where its message lives: the lane's opener is found by it while the lane holds
+    /// the message (so no other live message has that address).
+    fn address(&self) -> usize {
+        Arc::as_ptr(&self.0) as usize
     }
 }
 
-impl Eq for LaneKey {}
-
-impl Hash for LaneKey {
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        self.as_str().hash(state);
-    }
-}
-
-/// The messages of one key waiting behind the one that holds the lane, in `call` order.
-/// Each waiter is a ticket (to find it again when it is cancelled) and the sender that
-/// hands it the turn.
-#[derive(Debug, Default)]
+/// One key's lane: the message that opened it, and the messages of that key waiting
+/// behind the one running, in `call` order. Each waiter is a ticket (to find it again when
+/// it is cancelled) and the sender that hands it the turn.
+#[derive(Debug)]
 struct Lane {
+    hash: u64,
+    opener: LaneKey,
     waiting: VecDeque<(u64, oneshot::Sender<()>)>,
+}
+
+/// How a message holding a lane finds it again.
+#[derive(Debug)]
+enum Held {
+    /// It opened the lane: by the key's hash and its own address.
+    Opened { hash: u64, address: usize },
+    /// It got the lane from the message before it: by its key.
+    HandedOver { hash: u64, key: LaneKey },
 }
 
 #[derive(Debug, Default)]
 struct Table {
-    lanes: HashMap<LaneKey, Lane, KeyedHash>,
+    lanes: HashTable<Lane>,
+    hash: KeyedHash,
     next_ticket: u64,
 }
 
-/// The lane table shared by every service of one [`OrderedLayer`](super::OrderedLayer).
-#[derive(Debug, Default)]
+/// The lane table and the global bound shared by every service of one
+/// [`OrderedLayer`](super::OrderedLayer).
+#[derive(Debug)]
 pub(super) struct Lanes {
     table: Mutex<Table>,
+    /// The messages in flight: a slot is taken by `poll_ready` and given back by the
+    /// message's [`Release`] (or its [`Turn`], or the service, when dropped unused).
+    pub(super) slots: Slots,
 }
 
 /// Where a message stands once `call` has asked for its key's lane.
@@ -77,6 +92,14 @@ pub(super) enum Entry {
 }
 
 impl Lanes {
+    /// No lanes, and at most `max_in_flight` messages in flight.
+    pub(super) fn new(max_in_flight: usize) -> Self {
+        Self {
+            table: Mutex::default(),
+            slots: Slots::new(max_in_flight),
+        }
+    }
+
     fn lock(&self) -> MutexGuard<'_, Table> {
         self.table.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -86,62 +109,73 @@ impl Lanes {
         self.lock().lanes.len()
     }
 
-    /// Takes the lane of `key` for a message, or the next place in its queue. Called
-    /// synchronously from `call`, so places follow the order of `call`s.
-    pub(super) fn enter(self: &Arc<Self>, key: LaneKey, permit: OwnedSemaphorePermit) -> Entry {
+    /// Takes the lane of `key` for a message holding a slot, or the next place in its
+    /// queue. Called synchronously from `call`, so places follow the order of `call`s.
+    pub(super) fn enter(self: &Arc<Self>, key: LaneKey) -> Entry {
         let mut guard = self.lock();
         let table = &mut *guard;
         // One hash of the key, whichever way it goes.
-        match table.lanes.entry(key.clone()) {
-            hash_map::Entry::Occupied(mut lane) => {
+        let hash = table.hash.hash_one(key.as_str());
+        match table.lanes.entry(
+            hash,
+            |lane| lane.opener.as_str() == key.as_str(),
+            |lane| lane.hash,
+        ) {
+            hash_table::Entry::Occupied(mut lane) => {
                 table.next_ticket += 1;
                 let ticket = table.next_ticket;
                 let (sender, receiver) = oneshot::channel();
                 lane.get_mut().waiting.push_back((ticket, sender));
                 drop(guard);
                 Entry::Queued(Turn {
-                    state: Some((
-                        Waiting {
-                            lanes: Arc::clone(self),
-                            key,
-                            ticket,
-                            receiver,
-                        },
-                        permit,
-                    )),
+                    waiting: Some(Waiting {
+                        lanes: Arc::clone(self),
+                        hash,
+                        key,
+                        ticket,
+                        receiver,
+                    }),
                 })
             }
-            hash_map::Entry::Vacant(vacant) => {
-                vacant.insert(Lane::default());
+            hash_table::Entry::Vacant(vacant) => {
+                let address = key.address();
+                vacant.insert(Lane {
+                    hash,
+                    opener: key,
+                    waiting: VecDeque::new(),
+                });
                 drop(guard);
                 Entry::Free(Release {
-                    _permit: permit,
-                    lane: Some((Arc::clone(self), key)),
+                    lanes: Arc::clone(self),
+                    held: Some(Held::Opened { hash, address }),
                 })
             }
         }
-    }
-
-    /// Ends the turn of the message holding `key`'s lane.
-    fn hand_over(&self, key: &LaneKey) {
-        self.lock().hand_over(key);
     }
 }
 
 impl Table {
-    /// Hands `key`'s lane to its next waiter, or removes the lane when nobody waits.
-    fn hand_over(&mut self, key: &LaneKey) {
-        // Usually nobody waits: one hash to take the lane out, and a second only to put
-        // it back for a waiter.
-        let Some((key, mut lane)) = self.lanes.remove_entry(key) else {
+    /// Hands the lane held as `held` to its next waiter, or removes the lane when nobody
+    /// waits.
+    fn hand_over(&mut self, held: &Held) {
+        let found = match held {
+            Held::Opened { hash, address } => self
+                .lanes
+                .find_entry(*hash, |lane| lane.opener.address() == *address),
+            Held::HandedOver { hash, key } => self
+                .lanes
+                .find_entry(*hash, |lane| lane.opener.as_str() == key.as_str()),
+        };
+        let Ok(mut lane) = found else {
             return;
         };
-        while let Some((_, next)) = lane.waiting.pop_front() {
+        let waiting = &mut lane.get_mut().waiting;
+        while let Some((_, next)) = waiting.pop_front() {
             if next.send(()).is_ok() {
-                self.lanes.insert(key, lane);
                 return;
             }
         }
+        lane.remove();
     }
 }
 
@@ -150,50 +184,49 @@ impl Table {
 /// message is done, or when its future is dropped).
 #[derive(Debug)]
 pub struct Release {
-    _permit: OwnedSemaphorePermit,
-    lane: Option<(Arc<Lanes>, LaneKey)>,
+    lanes: Arc<Lanes>,
+    held: Option<Held>,
 }
 
 impl Release {
-    /// The release of a message without a key: only the slot.
-    pub(super) fn unkeyed(permit: OwnedSemaphorePermit) -> Self {
-        Self {
-            _permit: permit,
-            lane: None,
-        }
+    /// The release of a message without a key, holding a slot of `lanes`: only the slot.
+    pub(super) fn unkeyed(lanes: Arc<Lanes>) -> Self {
+        Self { lanes, held: None }
     }
 }
 
 impl Drop for Release {
     fn drop(&mut self) {
-        if let Some((lanes, key)) = self.lane.take() {
-            lanes.hand_over(&key);
+        if let Some(held) = self.held.take() {
+            self.lanes.lock().hand_over(&held);
         }
+        self.lanes.slots.give_back();
     }
 }
 
 #[derive(Debug)]
 struct Waiting {
     lanes: Arc<Lanes>,
+    hash: u64,
     key: LaneKey,
     ticket: u64,
     receiver: oneshot::Receiver<()>,
 }
 
-/// A message's place in its key's queue: resolves to its [`Release`] when the message
-/// before it is done. Dropping it gives the place up, and passes the turn on if the turn
-/// had already come.
+/// A message's place in its key's queue, holding its slot: resolves to its [`Release`]
+/// when the message before it is done. Dropping it gives the place and the slot up, and
+/// passes the turn on if the turn had already come.
 #[derive(Debug)]
 pub(super) struct Turn {
     /// Taken when the turn comes (or when dropped).
-    state: Option<(Waiting, OwnedSemaphorePermit)>,
+    waiting: Option<Waiting>,
 }
 
 impl Future for Turn {
     type Output = Release;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Release> {
-        let Some((waiting, _)) = self.state.as_mut() else {
+        let Some(waiting) = self.waiting.as_mut() else {
             // Polled after completion: never hand out a second release.
             return Poll::Pending;
         };
@@ -202,10 +235,13 @@ impl Future for Turn {
         if Pin::new(&mut waiting.receiver).poll(cx).is_pending() {
             return Poll::Pending;
         }
-        match self.state.take() {
-            Some((waiting, permit)) => Poll::Ready(Release {
-                _permit: permit,
-                lane: Some((waiting.lanes, waiting.key)),
+        match self.waiting.take() {
+            Some(waiting) => Poll::Ready(Release {
+                lanes: waiting.lanes,
+                held: Some(Held::HandedOver {
+                    hash: waiting.hash,
+                    key: waiting.key,
+                }),
             }),
             None => Poll::Pending,
         }
@@ -214,16 +250,29 @@ impl Future for Turn {
 
 impl Drop for Turn {
     fn drop(&mut self) {
-        let Some((mut waiting, _permit)) = self.state.take() else {
+        let Some(Waiting {
+            lanes,
+            hash,
+            key,
+            ticket,
+            mut receiver,
+        }) = self.waiting.take()
+        else {
             return;
         };
-        let lanes = Arc::clone(&waiting.lanes);
-        let mut table = lanes.lock();
-        // Under the table's lock the turn cannot arrive meanwhile: it came or it did not.
-        if waiting.receiver.try_recv().is_ok() {
-            table.hand_over(&waiting.key);
-        } else if let Some(lane) = table.lanes.get_mut(&waiting.key) {
-            lane.waiting.retain(|(ticket, _)| *ticket != waiting.ticket);
+        {
+            let mut table = lanes.lock();
+            // Under the table's lock the turn cannot arrive meanwhile: it came or it did
+            // not.
+            if receiver.try_recv().is_ok() {
+                table.hand_over(&Held::HandedOver { hash, key });
+            } else if let Some(lane) = table
+                .lanes
+                .find_mut(hash, |lane| lane.opener.as_str() == key.as_str())
+            {
+                lane.waiting.retain(|(waiter, _)| *waiter != ticket);
+            }
         }
+        lanes.slots.give_back();
     }
 }

@@ -2,8 +2,6 @@
 
 use std::sync::Arc;
 
-use tokio::sync::Semaphore;
-use tokio_util::sync::PollSemaphore;
 use tower::Layer;
 
 use super::Ordered;
@@ -15,31 +13,26 @@ use super::lanes::Lanes;
 /// lanes: `max_in_flight` counts the messages of all of them together.
 #[derive(Debug, Clone)]
 pub struct OrderedLayer {
-    semaphore: Arc<Semaphore>,
-    max_in_flight: usize,
     lanes: Arc<Lanes>,
 }
 
 impl OrderedLayer {
     /// At most `max_in_flight` messages in flight in total, one at a time per key.
-    /// `max_in_flight` is taken as at least 1 and at most [`Semaphore::MAX_PERMITS`].
+    /// `max_in_flight` is taken as at least 1.
     pub fn new(max_in_flight: usize) -> Self {
-        let max_in_flight = max_in_flight.clamp(1, Semaphore::MAX_PERMITS);
         Self {
-            semaphore: Arc::new(Semaphore::new(max_in_flight)),
-            max_in_flight,
-            lanes: Arc::default(),
+            lanes: Arc::new(Lanes::new(max_in_flight)),
         }
     }
 
     /// The bound.
     pub fn max_in_flight(&self) -> usize {
-        self.max_in_flight
+        self.lanes.slots.limit()
     }
 
     /// Messages in flight now: called, or made ready for a call, and not yet done.
     pub fn in_flight(&self) -> usize {
-        self.max_in_flight - self.semaphore.available_permits()
+        self.lanes.slots.taken()
     }
 
     /// Keys with a message in flight now (each has a lane).
@@ -52,10 +45,6 @@ impl<S> Layer<S> for OrderedLayer {
     type Service = Ordered<S>;
 
     fn layer(&self, inner: S) -> Ordered<S> {
-        Ordered::new(
-            inner,
-            PollSemaphore::new(Arc::clone(&self.semaphore)),
-            Arc::clone(&self.lanes),
-        )
+        Ordered::new(inner, Arc::clone(&self.lanes))
     }
 }

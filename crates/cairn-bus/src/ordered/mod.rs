@@ -40,16 +40,16 @@
 
 mod lanes;
 mod layer;
+mod slots;
 #[cfg(test)]
 mod tests;
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use futures::future::{BoxFuture, Either, Join, Map, Ready};
-use futures::{FutureExt, future};
-use tokio::sync::OwnedSemaphorePermit;
-use tokio_util::sync::PollSemaphore;
+use futures::future::{BoxFuture, Either};
 use tower::Service;
 
 pub use self::lanes::Release;
@@ -63,20 +63,37 @@ use crate::handler::{HandlerError, Incoming};
 /// waits behind its key, a boxed wait-then-run.
 pub type ResponseFuture<F> = Either<Running<F>, BoxFuture<'static, Result<(), HandlerError>>>;
 
-/// The inner future of a message that holds its lane, with its [`Release`] beside it.
-pub type Running<F> = Map<
-    Join<F, Ready<Release>>,
-    fn((Result<(), HandlerError>, Release)) -> Result<(), HandlerError>,
->;
+pin_project_lite::pin_project! {
+    /// The inner future of a message that holds its lane, with its [`Release`] beside it,
+    /// dropped when the inner future is done (or dropped with it).
+    pub struct Running<F> {
+        #[pin]
+        inner: F,
+        release: Option<Release>,
+    }
+}
+
+impl<F> Future for Running<F>
+where
+    F: Future<Output = Result<(), HandlerError>>,
+{
+    type Output = Result<(), HandlerError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let result = std::task::ready!(this.inner.poll(cx));
+        drop(this.release.take());
+        Poll::Ready(result)
+    }
+}
 
 /// The service made by [`OrderedLayer`]; see the [module docs](self).
 #[derive(Debug)]
 pub struct Ordered<S> {
     inner: S,
-    /// This service's handle on the layer's semaphore; its waker is this service's.
-    semaphore: PollSemaphore,
-    /// The slot taken by `poll_ready`, spent by the next `call`.
-    permit: Option<OwnedSemaphorePermit>,
+    /// Whether this service holds a slot, taken by `poll_ready` and spent by the next
+    /// `call` (or given back if the service is dropped first).
+    has_slot: bool,
     lanes: Arc<Lanes>,
 }
 
@@ -84,20 +101,26 @@ impl<S: Clone> Clone for Ordered<S> {
     fn clone(&self) -> Self {
         Self {
             inner: self.inner.clone(),
-            semaphore: self.semaphore.clone(),
-            // A slot belongs to the service that acquired it.
-            permit: None,
+            // A slot belongs to the service that took it.
+            has_slot: false,
             lanes: Arc::clone(&self.lanes),
         }
     }
 }
 
+impl<S> Drop for Ordered<S> {
+    fn drop(&mut self) {
+        if self.has_slot {
+            self.lanes.slots.give_back();
+        }
+    }
+}
+
 impl<S> Ordered<S> {
-    fn new(inner: S, semaphore: PollSemaphore, lanes: Arc<Lanes>) -> Self {
+    fn new(inner: S, lanes: Arc<Lanes>) -> Self {
         Self {
             inner,
-            semaphore,
-            permit: None,
+            has_slot: false,
             lanes,
         }
     }
@@ -108,16 +131,11 @@ impl<S> Ordered<S> {
     }
 }
 
-fn finish((result, release): (Result<(), HandlerError>, Release)) -> Result<(), HandlerError> {
-    drop(release);
-    result
-}
-
-fn running<F>(future: F, release: Release) -> Running<F>
-where
-    F: std::future::Future<Output = Result<(), HandlerError>>,
-{
-    future::join(future, future::ready(release)).map(finish as fn(_) -> _)
+fn running<F>(inner: F, release: Release) -> Running<F> {
+    Running {
+        inner,
+        release: Some(release),
+    }
 }
 
 impl<S> Service<Incoming> for Ordered<S>
@@ -135,13 +153,9 @@ where
     ///
     /// The inner service's readiness error.
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), HandlerError>> {
-        if self.permit.is_none() {
-            match self.semaphore.poll_acquire(cx) {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(Some(permit)) => self.permit = Some(permit),
-                // The layer never closes its semaphore.
-                Poll::Ready(None) => return Poll::Ready(Err(HandlerError::ShuttingDown)),
-            }
+        if !self.has_slot {
+            std::task::ready!(self.lanes.slots.poll_take(cx));
+            self.has_slot = true;
         }
         self.inner.poll_ready(cx)
     }
@@ -154,14 +168,16 @@ where
     /// When called without a successful `poll_ready` before it, as tower's contract
     /// forbids.
     fn call(&mut self, request: Incoming) -> Self::Future {
-        let permit = self
-            .permit
-            .take()
-            .expect("Ordered::call without poll_ready: the slot was not acquired");
+        assert!(
+            std::mem::replace(&mut self.has_slot, false),
+            "Ordered::call without poll_ready: the slot was not acquired"
+        );
+        // From here the slot belongs to the message's release (or its turn).
         let Some(key) = LaneKey::of(&request.message) else {
-            return Either::Left(running(self.inner.call(request), Release::unkeyed(permit)));
+            let release = Release::unkeyed(Arc::clone(&self.lanes));
+            return Either::Left(running(self.inner.call(request), release));
         };
-        match self.lanes.enter(key, permit) {
+        match self.lanes.enter(key) {
             Entry::Free(release) => Either::Left(running(self.inner.call(request), release)),
             Entry::Queued(turn) => {
                 // The inner service was made ready for this message: take that one, leave

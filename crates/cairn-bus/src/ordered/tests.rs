@@ -276,3 +276,57 @@ async fn clones_share_the_bound() {
     drop(running);
     assert!(two.ready().now_or_never().is_some());
 }
+
+#[tokio::test]
+async fn a_service_dropped_with_an_unspent_slot_gives_it_back() {
+    let layer = OrderedLayer::new(1);
+    let mut one = layer.layer(handler(Arc::default()));
+    one.ready().await.unwrap();
+    assert_eq!(layer.in_flight(), 1);
+    let mut two = one.clone();
+    assert!(
+        two.ready().now_or_never().is_none(),
+        "the clone has no slot"
+    );
+    drop(one);
+    assert_eq!(layer.in_flight(), 0);
+    assert!(two.ready().now_or_never().is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn services_racing_for_few_slots_never_exceed_them_and_all_finish() {
+    // Tasks on two threads take and give back slots as fast as they can: a bad count lets
+    // too many in, a wake-up lost at the end leaves a task waiting (the timeout).
+    let layer = OrderedLayer::new(2);
+    let inside = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let most = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let tasks: Vec<_> = (0..8)
+        .map(|_| {
+            let (inside, most) = (Arc::clone(&inside), Arc::clone(&most));
+            let mut service = layer.layer(tower::service_fn(move |_: Incoming| {
+                let (inside, most) = (Arc::clone(&inside), Arc::clone(&most));
+                async move {
+                    let now = inside.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+                    most.fetch_max(now, std::sync::atomic::Ordering::SeqCst);
+                    tokio::task::yield_now().await;
+                    inside.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+                    Ok::<_, HandlerError>(())
+                }
+            }));
+            tokio::spawn(async move {
+                for _ in 0..2_000 {
+                    let call = service.ready().await.unwrap().call(message("x", None, "0"));
+                    call.await.unwrap();
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        timeout(LONG, task)
+            .await
+            .expect("a task never got a slot")
+            .unwrap();
+    }
+    assert!(most.load(std::sync::atomic::Ordering::SeqCst) <= 2);
+    assert_eq!(layer.in_flight(), 0);
+}
