@@ -63,8 +63,9 @@ pub(crate) struct Encoded {
 pub(crate) fn encode(message: &Message) -> Encoded {
     let mut headers = HeaderMap::new();
     let mut header_len = HEADER_FRAME;
-    let id = message.id.hyphenated().to_string();
-    push_static(&mut headers, &mut header_len, ID, id);
+    let mut id = Uuid::encode_buffer();
+    let id = message.id.hyphenated().encode_lower(&mut id);
+    set_static(&mut headers, &mut header_len, ID, id.to_owned());
     attribute(&mut headers, &mut header_len, TYPE, &message.message_type);
     if !message.source.is_empty() {
         attribute(&mut headers, &mut header_len, SOURCE, &message.source);
@@ -80,12 +81,16 @@ pub(crate) fn encode(message: &Message) -> Encoded {
     );
     for (name, value) in &message.headers {
         if plain_name(name) && plain_value(value) {
-            push(&mut headers, &mut header_len, name, value.clone());
+            if let Ok(header) = name.parse::<HeaderName>() {
+                header_len += name.len() + value.len() + 4;
+                headers.append(header, HeaderValue::from(value.clone()));
+            }
         } else {
             let mut escaped = percent(name);
             escaped.push('=');
             escaped.push_str(&percent(value));
-            push_static(&mut headers, &mut header_len, ESCAPED, escaped);
+            header_len += ESCAPED.len() + escaped.len() + 4;
+            headers.append(HeaderName::from_static(ESCAPED), HeaderValue::from(escaped));
         }
     }
     Encoded {
@@ -165,38 +170,30 @@ fn derived_id(stream: &str, sequence: u64) -> Uuid {
     Uuid::from_u64_pair(hasher.finish(), sequence)
 }
 
+/// Sets the header carrying one attribute: its own header when the value travels as it
+/// is, its percent-encoded header otherwise.
+///
+/// Each attribute is set once, before any application header (whose names never equal
+/// an attribute's or an escaped attribute's), so setting replaces nothing; unlike
+/// appending, it hashes the name once.
 fn attribute(headers: &mut HeaderMap, len: &mut usize, name: &'static str, value: &str) {
     if plain_value(value) {
-        push_static(headers, len, name, value.to_owned());
+        set_static(headers, len, name, value.to_owned());
     } else {
-        push(
-            headers,
-            len,
-            &format!("{ESCAPED_ATTRIBUTE}{name}"),
-            percent(value),
-        );
+        let name = format!("{ESCAPED_ATTRIBUTE}{name}");
+        let value = percent(value);
+        if let Ok(header) = name.parse::<HeaderName>() {
+            *len += name.len() + value.len() + 4;
+            headers.insert(header, HeaderValue::from(value));
+        }
     }
 }
 
-/// Adds a header whose name and value are known to be valid.
-fn push(headers: &mut HeaderMap, len: &mut usize, name: &str, value: String) {
+/// Sets one of the codec's own headers, whose name needs no parsing, to a value known to
+/// be valid (plain, percent-encoded, or a UUID).
+fn set_static(headers: &mut HeaderMap, len: &mut usize, name: &'static str, value: String) {
     *len += name.len() + value.len() + 4;
-    if let Ok(name) = name.parse::<HeaderName>() {
-        append(headers, name, value);
-    }
-}
-
-/// [`push`] for one of the codec's own header names, which need no parsing.
-fn push_static(headers: &mut HeaderMap, len: &mut usize, name: &'static str, value: String) {
-    *len += name.len() + value.len() + 4;
-    append(headers, HeaderName::from_static(name), value);
-}
-
-fn append(headers: &mut HeaderMap, name: HeaderName, value: String) {
-    // The value is checked here, so taking it as it is (without a copy) cannot panic.
-    if !value.contains(['\r', '\n']) {
-        headers.append(name, HeaderValue::from(value));
-    }
+    headers.insert(HeaderName::from_static(name), HeaderValue::from(value));
 }
 
 /// Whether an application header name can travel as it is.
@@ -209,9 +206,13 @@ fn plain_name(name: &str) -> bool {
     !name.is_empty() && !reserved && name.bytes().all(|b| b.is_ascii_graphic() && b != b':')
 }
 
-/// Whether a value survives NATS header parsing unchanged.
+/// Whether a value survives NATS header parsing unchanged: not empty, no line breaks, no
+/// white space at either end (which the parser trims).
 fn plain_value(value: &str) -> bool {
-    !value.is_empty() && !value.contains(['\r', '\n']) && value.trim() == value
+    let ends_kept = |end: Option<char>| end.is_some_and(|c| !c.is_whitespace());
+    !value.bytes().any(|b| b == b'\r' || b == b'\n')
+        && ends_kept(value.chars().next())
+        && ends_kept(value.chars().next_back())
 }
 
 fn starts_with_ignore_case(name: &str, prefix: &str) -> bool {
