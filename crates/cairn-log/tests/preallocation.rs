@@ -3,25 +3,18 @@
 //! store keeps its segments sparse; either way the log reads back exactly what was written.
 
 use std::os::unix::fs::MetadataExt as _;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use cairn_core::{EventData, EventStore, ExpectedRevision, ReadAll, StreamName, Uuid};
+use cairn_core::{EventData, EventStore, ExpectedRevision, ReadAll, StreamName};
 use cairn_log::{LogOptions, LogStore, Preallocation};
+
+mod common;
+use common::temp_dir;
 
 const SEGMENT_SIZE: u64 = 1 << 20;
 
 /// What the writer zero-fills ahead of its data at a time.
 const ZERO_STEP: u64 = 256 << 10;
-
-fn temp_dir(label: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!(
-        "cairn-log-{label}-{}-{}",
-        std::process::id(),
-        Uuid::now_v7().simple()
-    ));
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    dir
-}
 
 /// The bytes the file system allocated to the store's first segment.
 fn first_segment_allocated(dir: &Path) -> u64 {

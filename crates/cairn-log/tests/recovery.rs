@@ -16,6 +16,9 @@ use cairn_log::faulty::FaultyStorage;
 use cairn_log::{Durability, LogOptions, LogStore, OpenError, Storage};
 use rand::prelude::*;
 
+mod common;
+use common::temp_dir;
+
 fn name(text: &str) -> StreamName {
     StreamName::new(text).expect("valid stream name")
 }
@@ -590,7 +593,7 @@ async fn a_process_killed_with_sigkill_loses_no_acknowledged_append() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(30);
-    let root = tempfile_dir("kill9");
+    let root = temp_dir("kill9");
     let dir = root.join("data");
     let acks = root.join("acks");
     let mut rng = StdRng::seed_from_u64(0x9);
@@ -650,23 +653,13 @@ async fn a_process_killed_with_sigkill_loses_no_acknowledged_append() {
     let _ = std::fs::remove_dir_all(&root);
 }
 
-fn tempfile_dir(label: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!(
-        "cairn-log-{label}-{}-{}",
-        std::process::id(),
-        Uuid::now_v7().simple()
-    ));
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    dir
-}
-
 #[tokio::test]
 async fn weaker_durability_modes_acknowledge_and_flush_on_close() {
     for durability in [
         Durability::None,
         Durability::Interval(Duration::from_millis(5)),
     ] {
-        let root = tempfile_dir("durability");
+        let root = temp_dir("durability");
         let options = || {
             LogOptions::default()
                 .segment_size(4 << 20)
