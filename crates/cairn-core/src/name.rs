@@ -94,6 +94,15 @@ impl StreamName {
         &self.0
     }
 
+    /// An equal name in an allocation of its own. Clones share one reference count; a
+    /// thread that clones a name many times (once per event of a batch, say) while other
+    /// threads clone the original makes every clone a contended atomic operation, and a
+    /// copy of its own avoids that.
+    #[must_use]
+    pub fn unshared(&self) -> Self {
+        Self(Arc::from(&*self.0))
+    }
+
     /// The category: the part before the first `-` (`order-42` is in category `order`).
     /// A name without `-` is its own category.
     pub fn category(&self) -> &str {

@@ -608,14 +608,32 @@ impl Index {
 
     /// Applies the effect of one committed record.
     pub(crate) fn apply(&mut self, effect: &Effect) {
+        if let Some((id, position)) = self.apply_but_id(effect) {
+            self.insert_id(id, position);
+        }
+    }
+
+    /// Records that event `id` is at `position` (see [`Index::apply_but_id`]).
+    pub(crate) fn insert_id(&mut self, id: Uuid, position: u64) {
+        match &mut self.replay {
+            Some(replay) => replay.ids.push((id_key(id), position)),
+            None => self.ids.insert(id, position),
+        }
+    }
+
+    /// Applies the effect of one committed record except for the event id it records,
+    /// which it returns with the event's position for [`Index::insert_id`]. Only appends
+    /// look ids up, and the writer's overlay holds them until the id is in: the syncer
+    /// answers a batch's appends first and adds their ids after.
+    pub(crate) fn apply_but_id(&mut self, effect: &Effect) -> Option<(Uuid, u64)> {
         let name = match effect {
             Effect::Event { stream, .. }
             | Effect::Metadata { stream, .. }
             | Effect::Delete { stream, .. }
             | Effect::Tombstone { stream }
-            | Effect::Removed { stream, .. } => stream.clone(),
+            | Effect::Removed { stream, .. } => stream,
         };
-        let number = self.number_for(&name);
+        let number = self.number_for(name);
         let entry = self
             .streams
             .get_mut(number as usize)
@@ -682,17 +700,13 @@ impl Index {
         } else if was_restricted && !is_restricted {
             self.restricted -= 1;
         }
-        if let Some((id, position, event_type)) = new_id {
-            let region = region_of(position.0);
-            let category = label_hash(name.category());
-            note_region(self.categories.entry(category).or_default(), region);
-            note_region(self.event_types.entry(event_type).or_default(), region);
-            match &mut self.replay {
-                Some(replay) => replay.ids.push((id_key(id), position.0)),
-                None => self.ids.insert(id, position.0),
-            }
-            self.head = Some(position);
-        }
+        let (id, position, event_type) = new_id?;
+        let region = region_of(position.0);
+        let category = label_hash(name.category());
+        note_region(self.categories.entry(category).or_default(), region);
+        note_region(self.event_types.entry(event_type).or_default(), region);
+        self.head = Some(position);
+        Some((id, position.0))
     }
 
     /// Records a durable batch frame at global `[start, end)` of the segment based at

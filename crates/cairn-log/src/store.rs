@@ -27,7 +27,7 @@ use crate::scan::{LogReader, Materializer, ScanError};
 use crate::scavenge::ScavengeReport;
 use crate::segments::Segments;
 use crate::storage::{OpenMode, Storage};
-use crate::writer::{Command, LifecycleChange, Progress, Queue, Shared, spawn};
+use crate::writer::{Command, LifecycleChange, Progress, Queue, Shared, precheck_ids, spawn};
 
 /// The name of the file that records the data directory's format version.
 const FORMAT_FILE: &str = "FORMAT";
@@ -615,8 +615,13 @@ impl EventStore for LogStore {
         appends: Vec<StreamAppend>,
     ) -> Result<Vec<AppendResult>, WriteError> {
         validate_appends(&appends, self.shared().limits)?;
+        let checked = precheck_ids(self.shared(), &appends);
         let (reply, answer) = oneshot::channel();
-        self.submit(Command::Append { appends, reply })?;
+        self.submit(Command::Append {
+            appends,
+            reply,
+            checked,
+        })?;
         answer.await.map_err(|_| closed())?
     }
 

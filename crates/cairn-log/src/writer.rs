@@ -71,7 +71,7 @@ pub(crate) struct Shared {
 pub(crate) struct Progress {
     /// The sequence number of the last batch frame known durable.
     synced_sequence: AtomicU64,
-    /// The number of the last planned batch applied to the index.
+    /// The number of the last planned batch applied to the index, its event ids included.
     applied_batch: AtomicU64,
     /// Batches handed to the syncer and not yet answered. The planner increments, the
     /// syncer decrements.
@@ -181,6 +181,10 @@ pub(crate) enum Command {
     Append {
         appends: Vec<StreamAppend>,
         reply: Reply<Vec<AppendResult>>,
+        /// `Some(batch)` when the caller found none of the events' ids in the index while
+        /// it held every batch up to `batch` (see [`precheck_ids`]); the planner then looks
+        /// for them among later batches only.
+        checked: Option<u64>,
     },
     Lifecycle {
         stream: StreamName,
@@ -413,6 +417,8 @@ struct Overlay {
     /// Per batch: the id keys and the streams (with their hashes) it added, to forget
     /// once applied.
     batches: VecDeque<PlannedBatch>,
+    /// Every batch after this one is here (applied or not): those up to it were forgotten.
+    forgotten: u64,
 }
 
 /// A planned batch's number, the id keys of its events and the streams it set (with
@@ -484,6 +490,7 @@ impl Overlay {
 
     /// Forgets what batches up to `applied` added: the index holds it now.
     fn forget_applied(&mut self, applied: u64) {
+        self.forgotten = self.forgotten.max(applied);
         while self
             .batches
             .front()
@@ -660,8 +667,18 @@ impl Planner {
             }
             return;
         }
-        self.overlay
-            .forget_applied(self.shared.progress.applied_batch.load(Ordering::Acquire));
+        // Batches that callers' id checks did not see stay in the overlay, so that those
+        // checks hold: the overlay covers every batch after the oldest check.
+        let oldest_check = commands
+            .iter()
+            .filter_map(|command| match command {
+                Command::Append { checked, .. } => *checked,
+                _ => None,
+            })
+            .min()
+            .unwrap_or(u64::MAX);
+        let applied = self.shared.progress.applied_batch.load(Ordering::Acquire);
+        self.overlay.forget_applied(applied.min(oldest_check));
         self.batch_number += 1;
         let number = self.batch_number;
         self.overlay
@@ -678,8 +695,20 @@ impl Planner {
         let now = Timestamp::now();
         for (position_in_batch, command) in commands.iter().enumerate() {
             let outcome = match command {
-                Command::Append { appends, .. } => {
-                    self.plan_append(commands, position_in_batch, appends, now, &mut batch)
+                Command::Append {
+                    appends, checked, ..
+                } => {
+                    // A check older than what the overlay forgot does not cover the
+                    // batches in between: look in the index again.
+                    let index_checked = checked.is_some_and(|c| c >= self.overlay.forgotten);
+                    self.plan_append(
+                        commands,
+                        position_in_batch,
+                        appends,
+                        index_checked,
+                        now,
+                        &mut batch,
+                    )
                 }
                 Command::Lifecycle { stream, change, .. } => self
                     .plan_lifecycle(stream, *change, &mut batch)
@@ -753,12 +782,15 @@ impl Planner {
             .unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Looks for an event already recorded, or planned and not yet applied, under `id`.
+    /// Looks for an event already recorded, or planned and not yet applied, under `id`;
+    /// in the index too unless `index_checked` (the caller found no candidate there, see
+    /// [`precheck_ids`]).
     fn find(
         &self,
         index: &Index,
         commands: &[Command],
         data: &EventData,
+        index_checked: bool,
     ) -> Result<Option<Found>, WriteError> {
         if let Some(pending) = self
             .overlay
@@ -789,6 +821,9 @@ impl Planner {
                 same_content,
             }));
         }
+        if index_checked {
+            return Ok(None);
+        }
         for candidate in index.id_candidates(data.id) {
             let recorded = LogReader::new(&self.shared.segments)
                 .read_event(candidate, index.end)
@@ -813,6 +848,7 @@ impl Planner {
         index: &Index,
         commands: &[Command],
         appends: &[StreamAppend],
+        index_checked: bool,
     ) -> Result<Option<Vec<AppendResult>>, WriteError> {
         let mut results = Vec::with_capacity(appends.len());
         let mut missing = None;
@@ -820,7 +856,7 @@ impl Planner {
         for append in appends {
             let mut previous: Option<Found> = None;
             for data in &append.events {
-                let Some(found) = self.find(index, commands, data)? else {
+                let Some(found) = self.find(index, commands, data, index_checked)? else {
                     missing.get_or_insert(data.id);
                     continue;
                 };
@@ -854,12 +890,13 @@ impl Planner {
         commands: &[Command],
         command_number: usize,
         appends: &[StreamAppend],
+        index_checked: bool,
         now: Timestamp,
         batch: &mut Batch,
     ) -> Result<Vec<AppendResult>, WriteError> {
         let hashes: Vec<u64> = {
             let index = self.index();
-            if let Some(results) = self.find_retry(&index, commands, appends)? {
+            if let Some(results) = self.find_retry(&index, commands, appends, index_checked)? {
                 return Ok(results);
             }
             let hashes: Vec<u64> = appends
@@ -900,20 +937,31 @@ impl Planner {
                     .state(&index, &append.stream, hash)
                     .next_revision()
             };
+            // Each event's overlay entry and effect hold a clone of the name, and the syncer
+            // drops the effects' clones while the callers' threads clone and drop the
+            // caller's name: a large append clones a copy of its own, so that these
+            // reference counts are not one contended counter.
+            let unshared;
+            let stream = if append.events.len() > 1 {
+                unshared = append.stream.unshared();
+                &unshared
+            } else {
+                &append.stream
+            };
             let mut last = None;
             for (event_number, data) in append.events.iter().enumerate() {
                 let position = batch.position();
-                encode_event(&mut batch.buf, append.stream.as_str(), revision, now, data);
+                encode_event(&mut batch.buf, stream.as_str(), revision, now, data);
                 self.overlay.add_event(Pending {
                     id: data.id,
-                    stream: append.stream.clone(),
+                    stream: stream.clone(),
                     revision,
                     position,
                     batch: number,
                     origin: (command_number, append_number, event_number),
                 });
                 batch.effects.push(Effect::Event {
-                    stream: append.stream.clone(),
+                    stream: stream.clone(),
                     revision,
                     position: Position(position),
                     id: data.id,
@@ -927,7 +975,7 @@ impl Planner {
             }
             if let Some(result) = last {
                 self.overlay.set_state(
-                    &append.stream,
+                    stream,
                     hash,
                     StreamState::Active {
                         last_revision: result.revision,
@@ -1292,6 +1340,7 @@ impl Committer {
             }
             return;
         }
+        let mut ids = Vec::new();
         if !frames.is_empty() {
             let mut index = self
                 .shared
@@ -1301,14 +1350,11 @@ impl Committer {
             for (base, start, end) in frames {
                 index.add_batch(base, start, end, 1);
             }
+            ids.reserve_exact(effects.len());
             for effect in &effects {
-                index.apply(effect);
+                ids.extend(index.apply_but_id(effect));
             }
         }
-        self.shared
-            .progress
-            .applied_batch
-            .store(number, Ordering::Release);
         if last_sequence.is_some() {
             self.shared
                 .changes
@@ -1317,7 +1363,40 @@ impl Committer {
         for (command, outcome) in answers {
             command.answer(outcome);
         }
+        // The ids after the answers: only appends look them up, and the planner's overlay
+        // holds this batch's until `applied_batch` says the index has them.
+        if !ids.is_empty() {
+            let mut index = self
+                .shared
+                .index
+                .write()
+                .unwrap_or_else(PoisonError::into_inner);
+            for (id, position) in ids {
+                index.insert_id(id, position);
+            }
+        }
+        self.shared
+            .progress
+            .applied_batch
+            .store(number, Ordering::Release);
     }
+}
+
+/// Looks for the event ids of `appends` in the index on the caller's thread, sparing the
+/// planner (one thread for every writer) that work: `Some(batch)` when none of them has a
+/// candidate position in the index while it holds every batch up to `batch`; `None` when
+/// one has (a retry, or another id with a like key: the planner looks properly) or when
+/// the syncer is writing the index (the caller does not wait for it).
+pub(crate) fn precheck_ids(shared: &Shared, appends: &[StreamAppend]) -> Option<u64> {
+    let index = shared.index.try_read().ok()?;
+    // Loaded under the lock: the syncer publishes a batch's number after releasing the
+    // write lock it applied the batch under, so every batch up to this one is in `index`.
+    let applied = shared.progress.applied_batch.load(Ordering::Acquire);
+    let clear = appends
+        .iter()
+        .flat_map(|append| &append.events)
+        .all(|event| index.id_candidates(event.id).next().is_none());
+    clear.then_some(applied)
 }
 
 /// Checks `expected` against a stream in `state`, refusing tombstoned streams.
