@@ -18,13 +18,17 @@
 //!
 //! When recent holds a quarter as many ids as the base (and at least [`MIN_MERGE`]), it is
 //! merged into the base: one sort of recent and one linear pass, so each id is copied a
-//! bounded number of times on average. Opening a store and closing it merge everything,
-//! so a store at rest holds only the compact base.
+//! bounded number of times on average. The writer runs that merge on a thread of its own
+//! ([`IdIndex::start_merge`], [`MergeJob::run`], [`IdIndex::finish_merge`]): recent is
+//! frozen and still looked up while a new one fills, and the base is shared with the merge
+//! (an id forgotten meanwhile is forgotten again in its result). Opening a store and
+//! closing it merge everything in place, so a store at rest holds only the compact base.
 //!
 //! It is not a set of ids: it never answers "absent" for an id it holds, but it may offer
 //! positions of other ids, and a scavenge's forgotten ids simply stop being offered.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use cairn_core::Uuid;
 
@@ -57,6 +61,10 @@ fn short_key(key: u64) -> u64 {
 }
 
 type RecentMap = PremixedMap<u64>;
+
+/// Ids outside the base arrays: (full key, position) and, for ids whose key another took,
+/// (id, position).
+pub(crate) type RecentParts = (Vec<(u64, u64)>, Vec<(Uuid, u64)>);
 
 /// Sorts `entries` (short key, position) by short key, then position. Large sets are
 /// first put in bucket order (the key's top 16 bits) in place, each entry moved once
@@ -115,57 +123,70 @@ fn sort_by_short_key(mut entries: Vec<(u64, u64)>) -> Vec<(u64, u64)> {
 /// Event id → candidate positions. See the module documentation.
 #[derive(Debug, Default, Clone)]
 pub(crate) struct IdIndex {
-    /// `BUCKETS + 1` offsets into the base arrays (bucket `b` is `dir[b]..dir[b + 1]`), or
+    /// The sorted arrays, shared with a merge running in the background.
+    base: Arc<Sorted>,
+    /// Ids since the last merge.
+    recent: Recent,
+    /// Ids a merge in the background is folding into the base; looked up like recent ones
+    /// until its result lands ([`IdIndex::finish_merge`]).
+    frozen: Option<Arc<Recent>>,
+    /// Entries forgotten while the base or `frozen` were shared with a merge: no longer
+    /// offered, and forgotten in the merge's result when it lands.
+    forgotten: Vec<(Uuid, u64)>,
+    /// Merges started, so that the result of one that a later merge overtook is dropped.
+    merges: u64,
+    /// Whether a recent id lies beyond what the arrays hold (a log past 256 TiB): such
+    /// ids stay recent, so merges then run in place only.
+    huge: bool,
+}
+
+/// The base: every older id in sorted arrays (see the module documentation).
+#[derive(Debug, Default, Clone)]
+struct Sorted {
+    /// `BUCKETS + 1` offsets into the arrays (bucket `b` is `dir[b]..dir[b + 1]`), or
     /// empty while the base is.
     dir: Vec<u32>,
-    /// The low 32 bits of each base entry's short key, sorted within each bucket.
+    /// The low 32 bits of each entry's short key, sorted within each bucket.
     tags: Vec<u32>,
-    /// The low 32 bits of each base entry's position.
+    /// The low 32 bits of each entry's position.
     low: Vec<u32>,
-    /// The high 16 bits of each base entry's position.
+    /// The high 16 bits of each entry's position.
     high: Vec<u16>,
-    /// Ids since the last merge: full key → position.
-    recent: RecentMap,
-    /// Ids whose full key another recent id already took: id → position.
+}
+
+/// Ids not yet merged into the base.
+#[derive(Debug, Default, Clone)]
+struct Recent {
+    /// Full key → position.
+    keys: RecentMap,
+    /// Ids whose full key another id here already took: id → position.
     overflow: HashMap<Uuid, u64>,
 }
 
-impl IdIndex {
-    /// How many ids it holds (forgotten base entries included until the next merge).
-    pub(crate) fn len(&self) -> usize {
-        self.tags.len() + self.recent.len() + self.overflow.len()
+impl Recent {
+    fn len(&self) -> usize {
+        self.keys.len() + self.overflow.len()
     }
 
-    /// Records that event `id` is at `position`. The log never holds an id twice, so the
-    /// caller never inserts one that is already here.
-    pub(crate) fn insert(&mut self, id: Uuid, position: u64) {
-        match self.recent.entry(id_key(id)) {
-            std::collections::hash_map::Entry::Occupied(_) => {
-                self.overflow.insert(id, position);
-            }
-            std::collections::hash_map::Entry::Vacant(slot) => {
-                slot.insert(position);
-            }
-        }
-        if self.recent.len() + self.overflow.len() >= MIN_MERGE.max(self.tags.len() / 4) {
-            self.merge();
-        }
-    }
-
-    /// Every position where `id` may be recorded: the caller checks each.
-    pub(crate) fn candidates(&self, id: Uuid) -> impl Iterator<Item = u64> + '_ {
-        let key = id_key(id);
+    fn candidates(&self, id: Uuid, key: u64) -> impl Iterator<Item = u64> + '_ {
         let overflow = if self.overflow.is_empty() {
             None
         } else {
             self.overflow.get(&id).copied()
         };
-        overflow
-            .into_iter()
-            .chain(self.recent.get(&key).copied())
-            .chain(self.base_candidates(short_key(key)))
+        overflow.into_iter().chain(self.keys.get(&key).copied())
     }
 
+    /// The entries, as the arguments of [`Sorted::merged`] take them.
+    fn parts(&self) -> RecentParts {
+        (
+            self.keys.iter().map(|(&key, &p)| (key, p)).collect(),
+            self.overflow.iter().map(|(&id, &p)| (id, p)).collect(),
+        )
+    }
+}
+
+impl Sorted {
     fn bucket(&self, bucket: usize) -> std::ops::Range<usize> {
         match (self.dir.get(bucket), self.dir.get(bucket + 1)) {
             (Some(&start), Some(&end)) => start as usize..end as usize,
@@ -173,15 +194,15 @@ impl IdIndex {
         }
     }
 
-    fn base_position(&self, at: usize) -> Option<u64> {
+    fn position(&self, at: usize) -> Option<u64> {
         let low = u64::from(*self.low.get(at)?);
         let high = u64::from(*self.high.get(at)?);
         let position = (high << 32) | low;
         (position != POSITION_LIMIT).then_some(position)
     }
 
-    /// The base entries whose short key is `short`.
-    fn base_matches(&self, short: u64) -> std::ops::Range<usize> {
+    /// The entries whose short key is `short`.
+    fn matches(&self, short: u64) -> std::ops::Range<usize> {
         let range = self.bucket((short >> 32) as usize);
         let tag = short as u32;
         let tags = self.tags.get(range.clone()).unwrap_or_default();
@@ -194,82 +215,62 @@ impl IdIndex {
         range.start + first..range.start + last
     }
 
-    fn base_candidates(&self, short: u64) -> impl Iterator<Item = u64> + '_ {
-        self.base_matches(short)
-            .filter_map(|at| self.base_position(at))
+    fn candidates(&self, short: u64) -> impl Iterator<Item = u64> + '_ {
+        self.matches(short).filter_map(|at| self.position(at))
     }
 
-    /// Forgets that `id` is at `position` (a scavenge removed the event).
-    pub(crate) fn forget(&mut self, id: Uuid, position: u64) {
-        if self.overflow.get(&id) == Some(&position) {
-            self.overflow.remove(&id);
-            return;
-        }
-        let key = id_key(id);
-        if self.recent.get(&key) == Some(&position) {
-            self.recent.remove(&key);
-            return;
-        }
+    /// Marks the entry of `short` at `position` forgotten; whether it was here.
+    fn forget(&mut self, short: u64, position: u64) -> bool {
         let found = self
-            .base_matches(short_key(key))
-            .find(|&at| self.base_position(at) == Some(position));
+            .matches(short)
+            .find(|&at| self.position(at) == Some(position));
         if let Some(at) = found
             && let (Some(low), Some(high)) = (self.low.get_mut(at), self.high.get_mut(at))
         {
             *low = POSITION_LIMIT as u32;
             *high = (POSITION_LIMIT >> 32) as u16;
+            return true;
         }
+        false
     }
 
-    /// Merges every recent id into the base (see the module documentation), dropping
-    /// forgotten entries.
-    pub(crate) fn merge(&mut self) {
-        self.merge_with(Vec::new());
+    /// Every live entry as (short key, position), in short key order.
+    fn entries(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
+        (0..BUCKETS).flat_map(move |bucket| {
+            self.bucket(bucket).filter_map(move |at| {
+                let tag = *self.tags.get(at)?;
+                let position = self.position(at)?;
+                Some((((bucket as u64) << 32) | u64::from(tag), position))
+            })
+        })
     }
 
-    /// Merges every recent id and the ids in `more` (event id key, position; none of them
-    /// already here) into the base: how a replay of the log adds its ids in one go.
-    pub(crate) fn merge_with(&mut self, more: Vec<(u64, u64)>) {
-        let mut fresh = more;
-        fresh.reserve_exact(self.recent.len() + self.overflow.len());
-        let mut kept = RecentMap::default();
+    /// `self` with `fresh` entries (full key, position) and `overflow` entries (id,
+    /// position) added, forgotten ones dropped; entries whose position the arrays cannot
+    /// hold are returned apart.
+    fn merged(&self, fresh: Vec<(u64, u64)>, overflow: Vec<(Uuid, u64)>) -> (Sorted, Recent) {
+        let mut fresh = fresh;
+        let mut kept = Recent::default();
         fresh.retain_mut(|(key, position)| {
             if *position < POSITION_LIMIT {
                 *key = short_key(*key);
                 true
             } else {
-                kept.insert(*key, *position);
+                kept.keys.insert(*key, *position);
                 false
             }
         });
-        for (key, position) in self.recent.drain() {
-            if position < POSITION_LIMIT {
-                fresh.push((short_key(key), position));
-            } else {
-                kept.insert(key, position);
-            }
-        }
-        let mut kept_overflow = HashMap::new();
-        for (id, position) in self.overflow.drain() {
+        for (id, position) in overflow {
             if position < POSITION_LIMIT {
                 fresh.push((short_key(id_key(id)), position));
             } else {
-                kept_overflow.insert(id, position);
+                kept.overflow.insert(id, position);
             }
         }
         let fresh = sort_by_short_key(fresh);
-        let this = &*self;
-        let base = (0..BUCKETS).flat_map(|bucket| {
-            this.bucket(bucket).filter_map(move |at| {
-                let tag = *this.tags.get(at)?;
-                let position = this.base_position(at)?;
-                Some((((bucket as u64) << 32) | u64::from(tag), position))
-            })
-        });
-        let total = self.tags.len() + fresh.len();
-        let mut merged = Base::with_capacity(total);
+        let mut merged = Base::with_capacity(self.tags.len() + fresh.len());
         let mut fresh = fresh.into_iter().peekable();
-        for entry in base {
+        for entry in self.entries() {
             while let Some(&next) = fresh.peek()
                 && next < entry
             {
@@ -294,22 +295,195 @@ impl IdIndex {
             offset += count;
             dir.push(offset);
         }
-        self.dir = dir;
-        self.tags = tags;
-        self.low = low;
-        self.high = high;
+        (
+            Sorted {
+                dir,
+                tags,
+                low,
+                high,
+            },
+            kept,
+        )
+    }
+}
+
+/// A merge to run away from the index's lock: the base and the frozen recent ids as they
+/// were when it started.
+pub(crate) struct MergeJob {
+    base: Arc<Sorted>,
+    frozen: Arc<Recent>,
+    number: u64,
+}
+
+/// What a [`MergeJob`] made, for [`IdIndex::finish_merge`].
+pub(crate) struct Merged {
+    base: Sorted,
+    number: u64,
+}
+
+impl MergeJob {
+    /// Builds the merged base: the long part of a merge, needing no lock.
+    pub(crate) fn run(self) -> Merged {
+        let (keys, overflow) = self.frozen.parts();
+        // Frozen ids all fit the arrays (see `IdIndex::merge_due`): nothing is kept apart.
+        let (base, _) = self.base.merged(keys, overflow);
+        Merged {
+            base,
+            number: self.number,
+        }
+    }
+}
+
+impl IdIndex {
+    /// How many ids it holds (forgotten base entries included until the next merge).
+    pub(crate) fn len(&self) -> usize {
+        self.base.tags.len()
+            + self.recent.len()
+            + self.frozen.as_ref().map_or(0, |frozen| frozen.len())
+    }
+
+    /// Records that event `id` is at `position`. The log never holds an id twice, so the
+    /// caller never inserts one that is already here.
+    ///
+    /// Merging is the caller's: [`IdIndex::merge_due`] says when, and a merge runs either
+    /// here ([`IdIndex::merge`]) or away from the index ([`IdIndex::start_merge`]). Only
+    /// when nothing merges for long does an insert merge by itself.
+    pub(crate) fn insert(&mut self, id: Uuid, position: u64) {
+        match self.recent.keys.entry(id_key(id)) {
+            std::collections::hash_map::Entry::Occupied(_) => {
+                self.recent.overflow.insert(id, position);
+            }
+            std::collections::hash_map::Entry::Vacant(slot) => {
+                slot.insert(position);
+            }
+        }
+        self.huge |= position >= POSITION_LIMIT;
+        if self.frozen.is_none() && self.recent.len() >= 4 * self.merge_threshold() {
+            self.merge();
+        }
+    }
+
+    /// How many recent ids make a merge worth its pass over the base.
+    fn merge_threshold(&self) -> usize {
+        MIN_MERGE.max(self.base.tags.len() / 4)
+    }
+
+    /// Whether enough ids are recent for a merge away from the index
+    /// ([`IdIndex::start_merge`]), and none is running.
+    pub(crate) fn merge_due(&self) -> bool {
+        self.frozen.is_none() && !self.huge && self.recent.len() >= self.merge_threshold()
+    }
+
+    /// Every position where `id` may be recorded: the caller checks each.
+    pub(crate) fn candidates(&self, id: Uuid) -> impl Iterator<Item = u64> + '_ {
+        let key = id_key(id);
+        self.recent
+            .candidates(id, key)
+            .chain(
+                self.frozen
+                    .iter()
+                    .flat_map(move |frozen| frozen.candidates(id, key)),
+            )
+            .chain(self.base.candidates(short_key(key)))
+            .filter(move |&position| {
+                self.forgotten.is_empty() || !self.forgotten.contains(&(id, position))
+            })
+    }
+
+    /// Forgets that `id` is at `position` (a scavenge removed the event).
+    pub(crate) fn forget(&mut self, id: Uuid, position: u64) {
+        if self.recent.overflow.get(&id) == Some(&position) {
+            self.recent.overflow.remove(&id);
+            return;
+        }
+        let key = id_key(id);
+        if self.recent.keys.get(&key) == Some(&position) {
+            self.recent.keys.remove(&key);
+            return;
+        }
+        if self.frozen.is_some() {
+            // The base or the frozen ids, shared with a running merge: forgotten in its
+            // result, and no longer offered meanwhile.
+            self.forgotten.push((id, position));
+            return;
+        }
+        Arc::make_mut(&mut self.base).forget(short_key(key), position);
+    }
+
+    /// Freezes the recent ids for a merge that runs away from the index's lock; lookups
+    /// see them until [`IdIndex::finish_merge`] installs the result. `None` unless
+    /// [`IdIndex::merge_due`].
+    pub(crate) fn start_merge(&mut self) -> Option<MergeJob> {
+        if !self.merge_due() {
+            return None;
+        }
+        let frozen = Arc::new(std::mem::take(&mut self.recent));
+        self.frozen = Some(Arc::clone(&frozen));
+        self.merges += 1;
+        Some(MergeJob {
+            base: Arc::clone(&self.base),
+            frozen,
+            number: self.merges,
+        })
+    }
+
+    /// Installs what a [`MergeJob`] made, unless a later merge overtook it.
+    pub(crate) fn finish_merge(&mut self, merged: Merged) {
+        if merged.number != self.merges || self.frozen.is_none() {
+            return;
+        }
+        self.base = Arc::new(merged.base);
+        self.frozen = None;
+        for (id, position) in std::mem::take(&mut self.forgotten) {
+            self.forget(id, position);
+        }
+    }
+
+    /// Merges every recent id into the base here and now (see the module documentation),
+    /// dropping forgotten entries; a merge running elsewhere is overtaken.
+    pub(crate) fn merge(&mut self) {
+        self.merge_with(Vec::new());
+    }
+
+    /// Merges every recent id and the ids in `more` (event id key, position; none of them
+    /// already here) into the base: how a replay of the log adds its ids in one go.
+    pub(crate) fn merge_with(&mut self, more: Vec<(u64, u64)>) {
+        let mut fresh = more;
+        let (keys, mut overflow) = std::mem::take(&mut self.recent).parts();
+        fresh.extend(keys);
+        if let Some(frozen) = self.frozen.take() {
+            let (keys, more_overflow) = frozen.parts();
+            fresh.extend(keys);
+            overflow.extend(more_overflow);
+            // A result made without the ids since must not land.
+            self.merges += 1;
+        }
+        let (base, kept) = self.base.merged(fresh, overflow);
+        self.base = Arc::new(base);
+        self.huge = kept.len() > 0;
         self.recent = kept;
-        self.overflow = kept_overflow;
+        for (id, position) in std::mem::take(&mut self.forgotten) {
+            self.forget(id, position);
+        }
     }
 
     /// The base arrays: directory, tags, low and high position halves.
     pub(crate) fn base_parts(&self) -> (&[u32], &[u32], &[u32], &[u16]) {
-        (&self.dir, &self.tags, &self.low, &self.high)
+        let base = &*self.base;
+        (&base.dir, &base.tags, &base.low, &base.high)
     }
 
-    /// The recent entries: (full key, position) and (id, position).
-    pub(crate) fn recent_parts(&self) -> (&RecentMap, &HashMap<Uuid, u64>) {
-        (&self.recent, &self.overflow)
+    /// The ids not in the base arrays: (full key, position) and (id, position), frozen
+    /// ones included.
+    pub(crate) fn recent_parts(&self) -> RecentParts {
+        let mut keys: Vec<(u64, u64)> = self.recent.keys.iter().map(|(&k, &p)| (k, p)).collect();
+        let mut overflow: Vec<(Uuid, u64)> =
+            self.recent.overflow.iter().map(|(&i, &p)| (i, p)).collect();
+        if let Some(frozen) = &self.frozen {
+            keys.extend(frozen.keys.iter().map(|(&k, &p)| (k, p)));
+            overflow.extend(frozen.overflow.iter().map(|(&i, &p)| (i, p)));
+        }
+        (keys, overflow)
     }
 
     /// An index from parts a snapshot recorded, checked for consistency.
@@ -346,13 +520,25 @@ impl IdIndex {
                 return None;
             }
         }
-        Some(Self {
-            dir,
-            tags,
-            low,
-            high,
-            recent: recent.into_iter().collect(),
+        let recent = Recent {
+            keys: recent.into_iter().collect(),
             overflow: overflow.into_iter().collect(),
+        };
+        let huge = recent
+            .keys
+            .values()
+            .chain(recent.overflow.values())
+            .any(|&position| position >= POSITION_LIMIT);
+        Some(Self {
+            base: Arc::new(Sorted {
+                dir,
+                tags,
+                low,
+                high,
+            }),
+            recent,
+            huge,
+            ..Self::default()
         })
     }
 }
@@ -397,15 +583,51 @@ mod tests {
         found
     }
 
-    #[test]
-    fn every_id_is_found_before_and_after_merges() {
-        let mut index = IdIndex::default();
-        let ids: Vec<Uuid> = (0..(MIN_MERGE * 3 + 17)).map(|_| Uuid::now_v7()).collect();
+    /// Inserts as the writer does: a merge away from the index whenever one is due, its
+    /// result landing `lag` inserts later.
+    fn insert_all(index: &mut IdIndex, ids: &[Uuid], lag: usize) -> usize {
+        let mut running: Option<(MergeJob, usize)> = None;
+        let mut merges = 0;
         for (n, &id) in ids.iter().enumerate() {
             index.insert(id, n as u64 * 100);
+            if let Some((_, started)) = &running
+                && n >= started + lag
+                && let Some((job, _)) = running.take()
+            {
+                index.finish_merge(job.run());
+                merges += 1;
+            }
+            if running.is_none()
+                && let Some(job) = index.start_merge()
+            {
+                running = Some((job, n));
+            }
+            // Every id inserted so far is offered, a merge running or not.
+            if n % 997 == 0 {
+                for (m, &earlier) in ids.iter().enumerate().take(n + 1).step_by(101) {
+                    assert!(index.candidates(earlier).any(|p| p == m as u64 * 100));
+                }
+            }
         }
-        assert!(index.tags.len() >= MIN_MERGE, "some merges happened");
-        assert!(!index.recent.is_empty(), "and some ids are still recent");
+        if let Some((job, _)) = running {
+            index.finish_merge(job.run());
+            merges += 1;
+        }
+        merges
+    }
+
+    #[test]
+    fn every_id_is_found_before_during_and_after_merges() {
+        let mut index = IdIndex::default();
+        let ids: Vec<Uuid> = (0..(MIN_MERGE * 3 + 17)).map(|_| Uuid::now_v7()).collect();
+        let merges = insert_all(&mut index, &ids, 5000);
+        assert!(merges >= 2, "{merges} merges");
+        assert!(index.base.tags.len() >= MIN_MERGE, "merges landed");
+        assert!(
+            !index.recent.keys.is_empty(),
+            "and some ids are still recent"
+        );
+        assert_eq!(index.len(), ids.len());
         for (n, &id) in ids.iter().enumerate() {
             assert!(
                 index.candidates(id).any(|p| p == n as u64 * 100),
@@ -413,7 +635,7 @@ mod tests {
             );
         }
         index.merge();
-        assert!(index.recent.is_empty());
+        assert!(index.recent.keys.is_empty());
         assert_eq!(index.len(), ids.len());
         for (n, &id) in ids.iter().enumerate() {
             assert!(index.candidates(id).any(|p| p == n as u64 * 100));
@@ -426,6 +648,27 @@ mod tests {
     }
 
     #[test]
+    fn a_merge_in_place_overtakes_one_running_away() {
+        let mut index = IdIndex::default();
+        let ids: Vec<Uuid> = (0..MIN_MERGE + 10).map(|_| Uuid::now_v7()).collect();
+        for (n, &id) in ids.iter().enumerate() {
+            index.insert(id, n as u64);
+        }
+        let job = index.start_merge().expect("a merge is due");
+        assert!(index.start_merge().is_none(), "one merge runs at a time");
+        let late = Uuid::now_v7();
+        index.insert(late, 1 << 40);
+        index.merge();
+        // The stale result, made without `late`, does not land.
+        index.finish_merge(job.run());
+        assert_eq!(index.len(), ids.len() + 1);
+        assert_eq!(candidates(&index, late), vec![1 << 40]);
+        for (n, &id) in ids.iter().enumerate() {
+            assert_eq!(candidates(&index, id), vec![n as u64]);
+        }
+    }
+
+    #[test]
     fn an_id_whose_key_was_taken_is_offered_and_merged() {
         let mut index = IdIndex::default();
         let id = Uuid::now_v7();
@@ -433,10 +676,10 @@ mod tests {
         // Two ids cannot be made to share a 64-bit key on purpose, so put the second where
         // `insert` puts an id whose key is taken.
         let other = Uuid::now_v7();
-        index.overflow.insert(other, 9);
+        index.recent.overflow.insert(other, 9);
         assert_eq!(candidates(&index, other), vec![9]);
         index.merge();
-        assert!(index.overflow.is_empty());
+        assert!(index.recent.overflow.is_empty());
         assert_eq!(candidates(&index, id), vec![7]);
         assert_eq!(candidates(&index, other), vec![9]);
     }
@@ -458,7 +701,7 @@ mod tests {
                 .collect(),
         );
         assert_eq!(index.len(), 1001);
-        assert!(index.recent.is_empty());
+        assert!(index.recent.keys.is_empty());
         for (n, &id) in held.iter().enumerate() {
             assert_eq!(candidates(&index, id), vec![n as u64]);
         }
@@ -500,6 +743,26 @@ mod tests {
     }
 
     #[test]
+    fn ids_forgotten_while_a_merge_runs_stay_forgotten() {
+        let mut index = IdIndex::default();
+        let ids: Vec<Uuid> = (0..MIN_MERGE).map(|_| Uuid::now_v7()).collect();
+        for (n, &id) in ids.iter().enumerate() {
+            index.insert(id, n as u64);
+        }
+        let job = index.start_merge().expect("a merge is due");
+        // One frozen id forgotten while the merge runs, then one of the base it made.
+        index.forget(ids[7], 7);
+        assert!(candidates(&index, ids[7]).is_empty());
+        index.finish_merge(job.run());
+        assert!(candidates(&index, ids[7]).is_empty());
+        index.forget(ids[8], 8);
+        assert!(candidates(&index, ids[8]).is_empty());
+        assert_eq!(candidates(&index, ids[9]), vec![9]);
+        index.merge();
+        assert_eq!(index.len(), ids.len() - 2);
+    }
+
+    #[test]
     fn parts_round_trip_and_bad_parts_are_refused() {
         let mut index = IdIndex::default();
         let ids: Vec<Uuid> = (0..1000).map(|_| Uuid::now_v7()).collect();
@@ -515,8 +778,8 @@ mod tests {
             tags.to_vec(),
             low.to_vec(),
             high.to_vec(),
-            recent.iter().map(|(&k, &p)| (k, p)),
-            overflow.iter().map(|(&i, &p)| (i, p)),
+            recent,
+            overflow,
         )
         .unwrap();
         for (n, &id) in ids.iter().enumerate() {

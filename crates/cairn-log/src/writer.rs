@@ -39,6 +39,7 @@ use crate::format::{
     BATCH_HEADER_LEN, PRIOR_BUT_ONE_DURABLE, PRIOR_DURABLE, begin_batch, encode_delete,
     encode_event, encode_metadata, encode_tombstone, event_record_len, finish_batch,
 };
+use crate::ids::MergeJob;
 use crate::index::{Effect, Index, PremixedMap, id_key, label_hash};
 use crate::options::Durability;
 use crate::scan::LogReader;
@@ -1374,6 +1375,11 @@ impl Committer {
             for (id, position) in ids {
                 index.insert_id(id, position);
             }
+            let job = index.ids.start_merge();
+            drop(index);
+            if let Some(job) = job {
+                self.merge_away(job);
+            }
         }
         self.shared
             .progress
@@ -1397,6 +1403,35 @@ pub(crate) fn precheck_ids(shared: &Shared, appends: &[StreamAppend]) -> Option<
         .flat_map(|append| &append.events)
         .all(|event| index.id_candidates(event.id).next().is_none());
     clear.then_some(applied)
+}
+
+impl Committer {
+    /// Runs an id index merge on a thread of its own, so that neither this thread nor the
+    /// index's lock waits for it (merging a large index takes tens of milliseconds); the
+    /// index keeps answering from the ids the merge froze until its result lands.
+    fn merge_away(&self, job: MergeJob) {
+        let shared = Arc::clone(&self.shared);
+        let spawned = std::thread::Builder::new()
+            .name("cairn-log-merge".into())
+            .spawn(move || {
+                let merged = job.run();
+                shared
+                    .index
+                    .write()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .ids
+                    .finish_merge(merged);
+            });
+        if spawned.is_err() {
+            // No thread to spare: merge in place (the frozen ids included).
+            self.shared
+                .index
+                .write()
+                .unwrap_or_else(PoisonError::into_inner)
+                .ids
+                .merge();
+        }
+    }
 }
 
 /// Checks `expected` against a stream in `state`, refusing tombstoned streams.

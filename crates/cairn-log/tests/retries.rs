@@ -53,3 +53,72 @@ async fn a_retry_right_after_its_acknowledgement_writes_nothing() {
         assert_eq!(revisions, expected, "{stream} has gapless revisions");
     }
 }
+
+/// Enough events for the id index to merge (away from the writer) twice while appends and
+/// their retries go on, and retries after a reopen, which loads the merged ids.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_are_recognised_across_id_index_merges_and_a_reopen() {
+    const BATCHES: usize = 70;
+    const BATCH: usize = 500;
+    let dir = std::env::temp_dir().join(format!(
+        "cairn-log-retries-{}-{}",
+        std::process::id(),
+        Uuid::now_v7().simple()
+    ));
+    let store = LogStore::open(&dir, LogOptions::default()).expect("a log store opens");
+    let mut writers = tokio::task::JoinSet::new();
+    for writer in 0..4 {
+        let store = store.clone();
+        writers.spawn(async move {
+            let stream = StreamName::new(format!("bulk-{writer}")).expect("stream name");
+            let mut sent = Vec::new();
+            for batch in 0..BATCHES {
+                let events: Vec<EventData> = (0..BATCH)
+                    .map(|n| EventData::new("Bulk", format!("{writer}/{batch}/{n}").into_bytes()))
+                    .collect();
+                let first = store
+                    .append(&stream, ExpectedRevision::Any, events.clone())
+                    .await
+                    .expect("appended");
+                // A retry of an earlier batch too, whose ids a merge may be folding in.
+                if let Some((earlier, result)) = sent.get(batch / 2).cloned() {
+                    let again = store
+                        .append(&stream, ExpectedRevision::Any, earlier)
+                        .await
+                        .expect("an earlier batch's retry is acknowledged");
+                    assert_eq!(again, result, "{stream}: batch {} again", batch / 2);
+                }
+                sent.push((events, first));
+            }
+            (stream, sent)
+        });
+    }
+    let mut sent = Vec::new();
+    while let Some(joined) = writers.join_next().await {
+        sent.push(joined.expect("a writer finished"));
+    }
+    store.close().await.expect("closes");
+    drop(store);
+    let store = LogStore::open(&dir, LogOptions::default()).expect("reopens");
+    for (stream, batches) in &sent {
+        for (events, first) in batches.iter().step_by(7) {
+            let again = store
+                .append(stream, ExpectedRevision::Any, events.clone())
+                .await
+                .expect("a retry after the reopen is acknowledged");
+            assert_eq!(&again, first, "{stream} after the reopen");
+        }
+        let info = store
+            .read_stream(stream, ReadStream::backwards().limit(1))
+            .await
+            .expect("reads");
+        let last = info.events.first().map(|e| e.revision);
+        assert_eq!(
+            last,
+            Some(Revision((BATCHES * BATCH) as u64 - 1)),
+            "{stream} holds each event once"
+        );
+    }
+    drop(store);
+    std::fs::remove_dir_all(&dir).expect("removes its directory");
+}
