@@ -314,7 +314,7 @@ pub(crate) struct Index {
     restricted: usize,
     /// The stream the last effect touched, to skip the name lookup for runs of events of
     /// one stream.
-    last_touched: Option<(StreamName, u32)>,
+    last_touched: Option<(StreamName, u32, u64)>,
     /// While the log is replayed on open: the positions gathered, not yet in the streams.
     replay: Option<Replay>,
     /// Category hash → the regions holding events of that category.
@@ -370,7 +370,7 @@ impl Index {
     /// no allocation.
     pub(crate) fn recent_name(&self, name: &str) -> Option<StreamName> {
         match &self.last_touched {
-            Some((last, _)) if last.as_str() == name => Some(last.clone()),
+            Some((last, _, _)) if last.as_str() == name => Some(last.clone()),
             _ => None,
         }
     }
@@ -542,17 +542,19 @@ impl Index {
         entries
     }
 
-    /// The number of stream `name`, added to the table when new.
-    fn number_for(&mut self, name: &StreamName) -> u32 {
+    /// The number of stream `name`, added to the table when new, and the [`label_hash`] of
+    /// its category.
+    fn number_for(&mut self, name: &StreamName) -> (u32, u64) {
         match &self.last_touched {
-            Some((last, number)) if last == name => *number,
+            Some((last, number, category)) if last == name => (*number, *category),
             _ => {
                 let number = match self.stream_number(name.as_str()) {
                     Some(number) => number,
                     None => self.add_stream(name.clone()),
                 };
-                self.last_touched = Some((name.clone(), number));
-                number
+                let category = label_hash(name.category());
+                self.last_touched = Some((name.clone(), number, category));
+                (number, category)
             }
         }
     }
@@ -633,7 +635,7 @@ impl Index {
             | Effect::Tombstone { stream }
             | Effect::Removed { stream, .. } => stream,
         };
-        let number = self.number_for(name);
+        let (number, category) = self.number_for(name);
         let entry = self
             .streams
             .get_mut(number as usize)
@@ -702,7 +704,6 @@ impl Index {
         }
         let (id, position, event_type) = new_id?;
         let region = region_of(position.0);
-        let category = label_hash(name.category());
         note_region(self.categories.entry(category).or_default(), region);
         note_region(self.event_types.entry(event_type).or_default(), region);
         self.head = Some(position);

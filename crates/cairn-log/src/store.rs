@@ -622,7 +622,9 @@ impl EventStore for LogStore {
             reply,
             checked,
         })?;
-        answer.await.map_err(|_| closed())?
+        let (outcome, appends) = answer.await.map_err(|_| closed())?;
+        drop(appends);
+        outcome
     }
 
     async fn read_stream(

@@ -169,6 +169,12 @@ impl Progress {
 /// The answer channel of a command.
 pub(crate) type Reply<T> = oneshot::Sender<Result<T, WriteError>>;
 
+/// The answer to an append, with the appends given back: the caller's thread, which
+/// allocated their events, frees them, rather than the thread that answers a whole batch
+/// and would free every event of it between one answer and the next.
+pub(crate) type AppendReply =
+    oneshot::Sender<(Result<Vec<AppendResult>, WriteError>, Vec<StreamAppend>)>;
+
 /// A change to a stream's lifecycle.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum LifecycleChange {
@@ -181,7 +187,7 @@ pub(crate) enum LifecycleChange {
 pub(crate) enum Command {
     Append {
         appends: Vec<StreamAppend>,
-        reply: Reply<Vec<AppendResult>>,
+        reply: AppendReply,
         /// `Some(batch)` when the caller found none of the events' ids in the index while
         /// it held every batch up to `batch` (see [`precheck_ids`]); the planner then looks
         /// for them among later batches only.
@@ -200,7 +206,7 @@ impl Command {
     /// Answers the command; a caller that stopped waiting is not an error.
     fn answer(self, outcome: Result<Vec<AppendResult>, WriteError>) {
         match self {
-            Command::Append { reply, .. } => drop(reply.send(outcome)),
+            Command::Append { reply, appends, .. } => drop(reply.send((outcome, appends))),
             Command::Lifecycle { reply, .. } | Command::Flush { reply } => {
                 drop(reply.send(outcome.map(drop)));
             }
