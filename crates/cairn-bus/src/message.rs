@@ -44,7 +44,7 @@ impl Message {
     /// A message with a fresh UUID v7 id, no source, no key, no headers.
     pub fn new(message_type: impl Into<String>, payload: impl Into<Bytes>) -> Self {
         Self {
-            id: Uuid::now_v7(),
+            id: cairn_core::new_id(),
             message_type: message_type.into(),
             source: String::new(),
             key: None,

@@ -230,7 +230,7 @@ impl EventData {
     /// An event with a fresh UUID v7 id, the JSON content type and no metadata.
     pub fn new(event_type: impl Into<String>, payload: impl Into<Bytes>) -> Self {
         Self {
-            id: Uuid::now_v7(),
+            id: crate::new_id(),
             event_type: event_type.into(),
             payload: payload.into(),
             content_type: DEFAULT_CONTENT_TYPE.to_owned(),

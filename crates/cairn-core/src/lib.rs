@@ -39,6 +39,7 @@
 mod checkpoint;
 mod error;
 mod event;
+mod id;
 mod lifecycle;
 mod name;
 mod position;
@@ -54,6 +55,7 @@ pub use event::{
     CLOUDEVENTS_SPEC_VERSION, DEFAULT_CONTENT_TYPE, EventData, MAX_EVENT_TYPE_LEN, Metadata,
     RecordedEvent, Timestamp,
 };
+pub use id::new_id;
 pub use lifecycle::{StreamInfo, StreamMetadata, StreamState, Visibility};
 pub use name::{InvalidStreamName, MAX_STREAM_NAME_LEN, StreamName, category_of};
 pub use position::{CurrentRevision, ExpectedRevision, Position, Revision};

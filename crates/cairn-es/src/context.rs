@@ -45,7 +45,7 @@ impl CommandContext {
     /// A new command with a fresh id and no origin.
     pub fn new() -> Self {
         Self {
-            command_id: Uuid::now_v7(),
+            command_id: cairn_core::new_id(),
             correlation_id: None,
             causation_id: None,
             traceparent: None,

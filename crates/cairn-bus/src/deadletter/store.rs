@@ -25,7 +25,7 @@ pub struct ParkingId(Uuid);
 impl ParkingId {
     /// A new id, after every id made before it in this process.
     pub(super) fn next() -> Self {
-        Self(Uuid::now_v7())
+        Self(cairn_core::new_id())
     }
 
     /// The id as a UUID.
