@@ -272,8 +272,10 @@ pub fn validate_appends(appends: &[StreamAppend], limits: StoreLimits) -> Result
                 append.stream
             )));
         }
+        let mut previous: Option<&EventData> = None;
         for event in &append.events {
-            validate_event(event, limits)?;
+            validate_event(event, limits, previous)?;
+            previous = Some(event);
         }
     }
     // Duplicates, found by sorting: most appends name one stream and a few events, and
@@ -305,13 +307,24 @@ pub fn validate_appends(appends: &[StreamAppend], limits: StoreLimits) -> Result
     Ok(())
 }
 
-fn validate_event(event: &EventData, limits: StoreLimits) -> Result<(), WriteError> {
+/// Checks one event; labels equal to those of `previous` (already checked) are not
+/// checked again, which spares most events of a batch the scan of their type.
+fn validate_event(
+    event: &EventData,
+    limits: StoreLimits,
+    previous: Option<&EventData>,
+) -> Result<(), WriteError> {
     let invalid = |reason: String| WriteError::InvalidEvent {
         id: event.id,
         reason,
     };
-    check_label("event type", &event.event_type, MAX_EVENT_TYPE_LEN).map_err(invalid)?;
-    check_label("content type", &event.content_type, MAX_EVENT_TYPE_LEN).map_err(invalid)?;
+    if previous.is_none_or(|p| p.event_type != event.event_type) {
+        check_label("event type", &event.event_type, MAX_EVENT_TYPE_LEN).map_err(invalid)?;
+    }
+    if previous.is_none_or(|p| p.content_type != event.content_type) {
+        check_label("content type", &event.content_type, MAX_EVENT_TYPE_LEN)
+            .map_err(invalid)?;
+    }
     for (key, _) in event.metadata.iter() {
         check_label("metadata key", key, MAX_EVENT_TYPE_LEN).map_err(invalid)?;
     }
