@@ -174,7 +174,7 @@ impl PgStore {
         let parked = Parked::new(pool.clone());
         let mut tasks = vec![spawn_reaper(parked.clone())];
         if options.notifications {
-            tasks.push(spawn_notifier(pool.clone(), notify_requests.clone()));
+            tasks.push(spawn_notifier(parked.clone(), notify_requests.clone()));
             tasks.push(spawn_listener(connect, changes.clone()));
         }
         Ok(Self {
