@@ -1,9 +1,10 @@
 //! The write path of an append: lock the streams, check expectations, insert the events at
 //! positions derived from the transaction id, and tell retries from reused ids.
 //!
-//! One append is one call of a schema function: `cairn_append_stream` for one stream (the
-//! common case, with scalar arguments and a one-row insert for a single event),
-//! `cairn_append` for several. One round trip, one statement in autocommit (or, inside the
+//! One append is one call of a schema function: `cairn_append_event` for a single event
+//! (the common case: scalar arguments, and one statement that reads the stream, checks the
+//! expectation and inserts), `cairn_append_stream` for several events to one stream,
+//! `cairn_append` for several streams. One round trip, one statement in autocommit (or, inside the
 //! caller's transaction, in a savepoint). It takes a per-stream advisory lock for every
 //! named stream (writers of one stream queue there; writers of different streams never
 //! meet), checks each part's expectation, takes the transaction id and inserts every event
@@ -18,13 +19,13 @@
 use std::collections::HashMap;
 
 use cairn_core::{
-    AppendResult, CurrentRevision, ExpectedRevision, Position, Revision, StorageError,
+    AppendResult, CurrentRevision, EventData, ExpectedRevision, Position, Revision, StorageError,
     StorageErrorKind, StreamAppend, Uuid, WriteError, category_of,
 };
 use sqlx::{Connection, PgConnection, Row};
 
 use crate::error::{constraint, sqlstate};
-use crate::read::{decode_metadata, encode_metadata};
+use crate::read::{EMPTY_METADATA, decode_metadata, encode_metadata};
 use crate::store::PgStore;
 
 /// Bits of a position that rank an event inside its transaction.
@@ -53,6 +54,8 @@ const APPEND: &str = "
 const APPEND_STREAM: &str = "
     SELECT r.last_revision, r.last_position
     FROM cairn_append_stream($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) AS r";
+
+const APPEND_EVENT: &str = "SELECT cairn_append_event($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)";
 
 const FIND_IDS: &str = "
     SELECT e.id, s.name, e.revision, e.position, e.event_type, e.content_type, e.metadata,
@@ -167,14 +170,20 @@ fn expectation(expected: ExpectedRevision) -> (i16, i64) {
     }
 }
 
-/// One attempt inside an open transaction: one call of `cairn_append_stream` for one
-/// stream, of `cairn_append` for several (see the schema).
+/// One attempt inside an open transaction: one call of `cairn_append_event` for one event,
+/// of `cairn_append_stream` for several to one stream, of `cairn_append` for several
+/// streams (see the schema).
 async fn write(
     conn: &mut PgConnection,
     appends: &[StreamAppend],
     in_caller_tx: bool,
 ) -> Result<Vec<AppendResult>, Failure> {
     if let [append] = appends {
+        if let [event] = append.events.as_slice() {
+            return write_event(conn, append, event, in_caller_tx)
+                .await
+                .map_err(|error| refusal(error, appends));
+        }
         return write_stream(conn, append, in_caller_tx)
             .await
             .map_err(|error| refusal(error, appends))
@@ -248,6 +257,48 @@ async fn write(
     Ok(results)
 }
 
+/// An append of one event: one call of `cairn_append_event`, whose value is the pair
+/// {last revision, last position}.
+async fn write_event(
+    conn: &mut PgConnection,
+    append: &StreamAppend,
+    event: &EventData,
+    in_caller_tx: bool,
+) -> Result<Vec<AppendResult>, sqlx::Error> {
+    let (kind, revision) = expectation(append.expected);
+    let encoded;
+    let metadata: &[u8] = if event.metadata.is_empty() {
+        EMPTY_METADATA
+    } else {
+        encoded = encode_metadata(&event.metadata);
+        &encoded
+    };
+    let (revision, position): (i64, i64) = sqlx::query_scalar(APPEND_EVENT)
+        .bind(append.stream.as_str())
+        .bind(append.stream.category())
+        .bind(kind)
+        .bind(revision)
+        .bind(event.id)
+        .bind(event.event_type.as_str())
+        .bind(event.content_type.as_str())
+        .bind(metadata)
+        .bind(event.payload.as_ref())
+        .bind(in_caller_tx)
+        .fetch_one(&mut *conn)
+        .await
+        .and_then(|pair: Vec<i64>| match pair.as_slice() {
+            [revision, position] => Ok((*revision, *position)),
+            _ => Err(sqlx::Error::Protocol(format!(
+                "cairn_append_event returned {} values instead of 2",
+                pair.len()
+            ))),
+        })?;
+    Ok(vec![AppendResult {
+        revision: to_revision(revision),
+        position: to_position(position),
+    }])
+}
+
 /// An append to one stream: one call of `cairn_append_stream`, one result row.
 async fn write_stream(
     conn: &mut PgConnection,
@@ -279,8 +330,8 @@ async fn write_stream(
         .await
 }
 
-/// Turns the refusals `cairn_append` and `cairn_append_stream` raise into the contract's
-/// errors.
+/// Turns the refusals `cairn_append`, `cairn_append_stream` and `cairn_append_event` raise
+/// into the contract's errors.
 fn refusal(error: sqlx::Error, appends: &[StreamAppend]) -> Failure {
     let Some(code) = sqlstate(&error) else {
         return Failure::Database(error);

@@ -45,8 +45,9 @@
 //! `cairn_` and live in the connection's default schema. `cairn_streams` holds one row per
 //! stream (its lifecycle and retention; its last revision is that of its last event);
 //! `cairn_events` one row per event, keyed by position, unique by event id and by (stream,
-//! revision). The functions `cairn_append_stream` and `cairn_append` write appends (one
-//! round trip each), `cairn_lock_streams` takes the per-stream write locks for lifecycle
+//! revision). The functions `cairn_append_event`, `cairn_append_stream` and `cairn_append`
+//! write appends of one event, of several to one stream and to several streams (one round
+//! trip each), `cairn_lock_streams` takes the per-stream write locks for lifecycle
 //! changes, and `cairn_read_all` reads a page of `$all` with its release horizon.
 //!
 //! # Gap safety: positions from transaction ids
@@ -95,6 +96,7 @@ mod lifecycle;
 mod notify;
 mod options;
 pub mod outbox;
+mod parking;
 mod read;
 pub mod schema;
 mod store;

@@ -7,7 +7,8 @@
 //!   commit, which would make every append wait for the others; and it commits without
 //!   waiting for a flush (`synchronous_commit` off for that transaction alone), being only
 //!   a hint. Requests that pile up while one `NOTIFY` is on its way, or in the short pause
-//!   after it, collapse into the next one.
+//!   after it, collapse into the next one. It runs on a connection kept between appends
+//!   (see `parking.rs`), so it costs no extra round trip for the pool's check.
 //! - The **listener** task holds its own connection, `LISTEN`s on [`CHANNEL`] and bumps the
 //!   counter for every notification. When its connection drops it reconnects (with
 //!   backoff) and bumps the counter, since notifications sent meanwhile are lost.
@@ -22,10 +23,12 @@ use std::time::Duration;
 use cairn_core::subscription::CommitSignal;
 use cairn_core::{StorageError, StorageErrorKind};
 use futures::future::BoxFuture;
+use sqlx::Executor;
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
-use sqlx::{Executor, PgPool};
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
+
+use crate::parking::Parked;
 
 #[cfg(doc)]
 use crate::PgOptions;
@@ -48,12 +51,22 @@ const NOTIFY: &str = "SELECT set_config('synchronous_commit', 'off', true), pg_n
 /// The longest the listener waits between reconnection attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
-/// Starts the notifier: sends one `NOTIFY` per batch of requests on `requests`.
-pub(crate) fn spawn_notifier(pool: PgPool, requests: Arc<Notify>) -> JoinHandle<()> {
+/// Starts the notifier: sends one `NOTIFY` per batch of requests on `requests`, on a
+/// connection taken from, and parked back with, those of the appends.
+pub(crate) fn spawn_notifier(parked: Arc<Parked>, requests: Arc<Notify>) -> JoinHandle<()> {
     tokio::spawn(async move {
         loop {
             requests.notified().await;
-            let sent = pool.execute(sqlx::query(NOTIFY).bind(CHANNEL)).await;
+            let sent = match parked.acquire().await {
+                Ok(mut conn) => {
+                    let sent = conn.execute(sqlx::query(NOTIFY).bind(CHANNEL)).await;
+                    if sent.is_ok() {
+                        parked.park(conn);
+                    }
+                    sent.map(drop)
+                }
+                Err(error) => Err(error),
+            };
             if let Err(error) = sent {
                 // Subscribers elsewhere fall back to polling; nothing is lost.
                 tracing::debug!(%error, "could not send a commit notification");

@@ -465,13 +465,16 @@ fn event_from(
     }))
 }
 
+/// Empty metadata as stored.
+pub(crate) const EMPTY_METADATA: &[u8] = b"{}";
+
 /// An event's metadata as stored: a JSON object of strings.
 pub(crate) fn encode_metadata(metadata: &Metadata) -> Vec<u8> {
     if metadata.is_empty() {
-        return b"{}".to_vec();
+        return EMPTY_METADATA.to_vec();
     }
     // A map of strings always serializes.
-    serde_json::to_vec(metadata).unwrap_or_else(|_| b"{}".to_vec())
+    serde_json::to_vec(metadata).unwrap_or_else(|_| EMPTY_METADATA.to_vec())
 }
 
 /// Decodes what [`encode_metadata`] wrote.

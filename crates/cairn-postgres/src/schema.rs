@@ -38,10 +38,15 @@ const MIGRATIONS: &[Migration] = &[
         name: "one-stream appends",
         sql: include_str!("../migrations/0004_append_stream.sql"),
     },
+    Migration {
+        version: 5,
+        name: "single-event appends",
+        sql: include_str!("../migrations/0005_append_event.sql"),
+    },
 ];
 
 /// The schema version this build creates and understands.
-pub const SCHEMA_VERSION: i32 = 4;
+pub const SCHEMA_VERSION: i32 = 5;
 
 /// The advisory lock key that serializes migrators of one database ("cairnmig").
 const MIGRATION_LOCK: i64 = 0x6361_6972_6e6d_6967;

@@ -23,6 +23,7 @@ use tokio::task::JoinHandle;
 use crate::error::{ConnectError, SchemaError, redact_url, storage};
 use crate::notify::{PgSignal, spawn_listener, spawn_notifier};
 use crate::options::PgOptions;
+use crate::parking::{Parked, spawn_reaper};
 use crate::schema::{SCHEMA_VERSION, migrate, schema_version};
 use crate::{append, lifecycle, read};
 
@@ -49,6 +50,8 @@ pub struct PgStore {
 
 pub(crate) struct Inner {
     pub(crate) pool: PgPool,
+    /// The pool's connections that appends keep between them (see `parking.rs`).
+    parked: Arc<Parked>,
     pub(crate) options: PgOptions,
     /// The connection string without its password, for messages.
     url: String,
@@ -58,7 +61,8 @@ pub(crate) struct Inner {
     pub(crate) changes: watch::Sender<u64>,
     /// Asks the notifier task to send a `NOTIFY`; written by writers after commit.
     notify_requests: Arc<Notify>,
-    /// The listener and notifier, aborted when the last handle drops.
+    /// The listener, the notifier and the reaper of parked connections, aborted when the
+    /// last handle drops.
     tasks: Mutex<Vec<JoinHandle<()>>>,
 }
 
@@ -167,14 +171,16 @@ impl PgStore {
 
         let (changes, _) = watch::channel(0);
         let notify_requests = Arc::new(Notify::new());
-        let mut tasks = Vec::new();
+        let parked = Parked::new(pool.clone());
+        let mut tasks = vec![spawn_reaper(parked.clone())];
         if options.notifications {
-            tasks.push(spawn_notifier(pool.clone(), notify_requests.clone()));
+            tasks.push(spawn_notifier(parked.clone(), notify_requests.clone()));
             tasks.push(spawn_listener(connect, changes.clone()));
         }
         Ok(Self {
             inner: Arc::new(Inner {
                 pool,
+                parked,
                 options,
                 url: redacted,
                 changes,
@@ -251,6 +257,7 @@ impl PgStore {
     /// Closes the pool, waiting for connections in use to be returned; later operations
     /// fail with a [`Stopped`](StorageErrorKind::Stopped) storage error.
     pub async fn close(&self) {
+        self.inner.parked.close();
         self.inner.pool.close().await;
     }
 
@@ -327,11 +334,20 @@ impl EventStore for PgStore {
         validate_appends(&appends, self.inner.options.limits)?;
         let mut conn = self
             .inner
-            .pool
+            .parked
             .acquire()
             .await
             .map_err(|error| self.storage("appending", error))?;
-        let results = append::append_on(self, &mut conn, &appends, false).await?;
+        let appended = append::append_on(self, &mut conn, &appends, false).await;
+        // The append ran to its end. After a storage error the connection may be broken:
+        // the pool checks it; otherwise it is parked for the next append. (A cancelled
+        // append drops its connection into the pool, which checks it too.)
+        if matches!(appended, Err(WriteError::Storage(_))) {
+            drop(conn);
+        } else {
+            self.inner.parked.park(conn);
+        }
+        let results = appended?;
         self.signal_commit();
         Ok(results)
     }

@@ -244,6 +244,52 @@ async fn an_exhausted_pool_queues_appends_then_fails_them_with_a_clear_error() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_kept_between_appends_go_back_to_the_pool_for_its_other_users() {
+    let db = TestDb::create().await;
+    let store = db
+        .store_with(
+            PgOptions::default()
+                .max_connections(2)
+                .acquire_timeout(Duration::from_secs(2)),
+        )
+        .await;
+    // The append keeps its connection for the next one, while the pool could open more.
+    let stream = name("kept-1");
+    store
+        .append(&stream, ExpectedRevision::NoStream, events(1))
+        .await
+        .unwrap();
+
+    // The pool's other users still get both connections: the kept one is handed back.
+    let mut one = store
+        .begin()
+        .await
+        .expect("a first transaction gets a connection");
+    let mut two = store
+        .begin()
+        .await
+        .expect("a second transaction gets a connection");
+    for tx in [&mut one, &mut two] {
+        let answer: i32 = sqlx::query_scalar("SELECT 1")
+            .fetch_one(&mut **tx)
+            .await
+            .unwrap();
+        assert_eq!(answer, 1);
+    }
+    one.commit().await.unwrap();
+    two.commit().await.unwrap();
+
+    // And appends go on afterwards, each at the next revision.
+    for expected in 0..3 {
+        store
+            .append(&stream, ExpectedRevision::Exact(expected), events(1))
+            .await
+            .unwrap();
+    }
+    store.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreachable_database_is_named_without_its_password_with_the_cause() {
     let url = "postgres://cairn:hunter2@127.0.0.1:1/nowhere";
     let started = Instant::now();
