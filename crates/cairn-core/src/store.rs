@@ -322,8 +322,7 @@ fn validate_event(
         check_label("event type", &event.event_type, MAX_EVENT_TYPE_LEN).map_err(invalid)?;
     }
     if previous.is_none_or(|p| p.content_type != event.content_type) {
-        check_label("content type", &event.content_type, MAX_EVENT_TYPE_LEN)
-            .map_err(invalid)?;
+        check_label("content type", &event.content_type, MAX_EVENT_TYPE_LEN).map_err(invalid)?;
     }
     for (key, _) in event.metadata.iter() {
         check_label("metadata key", key, MAX_EVENT_TYPE_LEN).map_err(invalid)?;
