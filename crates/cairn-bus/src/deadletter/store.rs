@@ -23,9 +23,12 @@ pub const WAITING_BEHIND: &str = "waiting_behind";
 pub struct ParkingId(Uuid);
 
 impl ParkingId {
-    /// A new id, after every id made before it in this process.
+    /// A new id, after every id made before it in this process. `Uuid::now_v7` orders
+    /// the ids of every thread of the process (one shared counter), where
+    /// `cairn_core::new_id` orders those of each thread only: parking order is the order
+    /// of ids made on any worker thread.
     pub(super) fn next() -> Self {
-        Self(cairn_core::new_id())
+        Self(Uuid::now_v7())
     }
 
     /// The id as a UUID.

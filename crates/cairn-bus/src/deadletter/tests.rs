@@ -409,3 +409,18 @@ async fn replay_without_a_wrapped_service_is_refused() {
     let error = layer.dead_letters().replay(parked.id).await.unwrap_err();
     assert!(matches!(error, DeadLetterError::NoService), "{error}");
 }
+
+#[test]
+fn parking_ids_follow_parking_order_across_threads() {
+    // One message parked on one worker thread, the next one on another, within the same
+    // millisecond: the later id must sort after the earlier one.
+    for _ in 0..2_000 {
+        let first = std::thread::spawn(ParkingId::next)
+            .join()
+            .expect("a thread made an id");
+        let second = std::thread::spawn(ParkingId::next)
+            .join()
+            .expect("a thread made an id");
+        assert!(first < second, "{first:?} then {second:?}");
+    }
+}
