@@ -542,6 +542,8 @@ struct Planner {
     /// it from its own flushes (sealing a segment).
     sealed_sequence: u64,
     batch_number: u64,
+    /// The last batch applied to the index (ids included) when this round started.
+    applied: u64,
     /// Whether the planner waits for the syncer before planning (see `choose_mode`).
     serial: bool,
     /// Whether the segment after the current one was asked for.
@@ -583,6 +585,7 @@ impl Planner {
             sequence: start.sequence,
             sealed_sequence: start.sequence.saturating_sub(1),
             batch_number: 0,
+            applied: 0,
             serial: true,
             prepared_next: false,
             overlay: Overlay::default(),
@@ -685,6 +688,7 @@ impl Planner {
             .min()
             .unwrap_or(u64::MAX);
         let applied = self.shared.progress.applied_batch.load(Ordering::Acquire);
+        self.applied = applied;
         self.overlay.forget_applied(applied.min(oldest_check));
         self.batch_number += 1;
         let number = self.batch_number;
@@ -799,12 +803,16 @@ impl Planner {
         data: &EventData,
         index_checked: bool,
     ) -> Result<Option<Found>, WriteError> {
-        if let Some(pending) = self
+        // Batches applied to the index stay in the overlay while a caller's check may need
+        // them; their events are looked up in the index, as before the batch was applied
+        // (a scavenge may have removed them since, and forgets their ids there).
+        let pending = self
             .overlay
             .ids
             .get(&id_key(data.id))
-            .filter(|p| p.id == data.id)
-        {
+            .filter(|p| p.id == data.id);
+        let index_checked = index_checked && pending.is_none();
+        if let Some(pending) = pending.filter(|p| p.batch > self.applied) {
             let same_content = if pending.batch == self.batch_number {
                 let (command, append, event) = pending.origin;
                 match commands.get(command) {
@@ -1348,7 +1356,12 @@ impl Committer {
             return;
         }
         let mut ids = Vec::new();
-        if !frames.is_empty() {
+        let frames_empty = frames.is_empty();
+        if !frames_empty {
+            // A batch that ends in a new segment seals the one it started in, which a
+            // scavenge may then rewrite at once, forgetting the ids of the events it
+            // removes: those ids must be in the index by then, so they go in now.
+            let seals = frames.first().map(|frame| frame.0) != frames.last().map(|frame| frame.0);
             let mut index = self
                 .shared
                 .index
@@ -1357,9 +1370,15 @@ impl Committer {
             for (base, start, end) in frames {
                 index.add_batch(base, start, end, 1);
             }
-            ids.reserve_exact(effects.len());
-            for effect in &effects {
-                ids.extend(index.apply_but_id(effect));
+            if seals {
+                for effect in &effects {
+                    index.apply(effect);
+                }
+            } else {
+                ids.reserve_exact(effects.len());
+                for effect in &effects {
+                    ids.extend(index.apply_but_id(effect));
+                }
             }
         }
         if last_sequence.is_some() {
@@ -1371,8 +1390,10 @@ impl Committer {
             command.answer(outcome);
         }
         // The ids after the answers: only appends look them up, and the planner's overlay
-        // holds this batch's until `applied_batch` says the index has them.
-        if !ids.is_empty() {
+        // holds this batch's until `applied_batch` says the index has them. (A scavenge
+        // cannot remove these events meanwhile: they lie in the last segment, which it
+        // never rewrites.)
+        if !frames_empty {
             let mut index = self
                 .shared
                 .index
