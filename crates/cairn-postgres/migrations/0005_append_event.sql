@@ -8,8 +8,8 @@
 --   an assignment whose expression reads no table is evaluated directly);
 -- - in the common case (a live stream, an expectation that holds), one statement reads the
 --   stream and its last event, checks the expectation and inserts the event after it. When
---   it inserts nothing, the steps of cairn_append_stream follow: create the stream, or
---   raise the refusal, or revive a soft-deleted stream and insert;
+--   it inserts nothing, cairn_append_stream takes over (it creates the stream, raises the
+--   refusal, or revives a soft-deleted stream and inserts);
 -- - the result is one value {last_revision, last_position}, so the caller selects the
 --   function as a value rather than scanning it as a table.
 --
@@ -27,11 +27,6 @@ RETURNS bigint[]
 LANGUAGE plpgsql VOLATILE AS $$
 DECLARE
     locked boolean;
-    found_id bigint;
-    found_lifecycle smallint;
-    found_last bigint;
-    found_position bigint;
-    actual bigint;
     tx_id bigint;
     base bigint;
     inserted_revision bigint;
@@ -77,47 +72,12 @@ BEGIN
         RETURN ARRAY[inserted_revision, base];
     END IF;
 
-    -- Otherwise as cairn_append_stream.
-    SELECT s.id, s.lifecycle, l.revision, l.position
-    INTO found_id, found_lifecycle, found_last, found_position
-    FROM cairn_streams s
-    LEFT JOIN LATERAL (
-        SELECT e.revision, e.position FROM cairn_events e
-        WHERE e.stream_id = s.id ORDER BY e.revision DESC LIMIT 1
-    ) l ON true
-    WHERE s.name = stream_name;
-    IF NOT FOUND THEN
-        INSERT INTO cairn_streams (name, category) VALUES (stream_name, stream_category)
-        RETURNING id INTO found_id;
-        found_lifecycle := 0;
-    ELSIF found_lifecycle = 2 THEN
-        RAISE EXCEPTION USING ERRCODE = 'CA002', MESSAGE = '1';
-    END IF;
-    actual := CASE WHEN found_lifecycle = 0 THEN found_last END;
-    IF NOT (CASE expected_kind
-                WHEN 0 THEN true
-                WHEN 1 THEN actual IS NULL
-                WHEN 2 THEN actual IS NOT NULL
-                ELSE actual IS NOT DISTINCT FROM expected_revision
-            END) THEN
-        RAISE EXCEPTION USING ERRCODE = 'CA001', MESSAGE = '1',
-            DETAIL = COALESCE(actual::text, '');
-    END IF;
-    tx_id := pg_current_xact_id()::text::bigint;
-    IF found_position >> 20 > tx_id THEN
-        RAISE EXCEPTION USING ERRCODE = 'CA003', MESSAGE = '1';
-    END IF;
-    base := COALESCE(base, tx_id << 20);
-    inserted_revision := COALESCE(found_last, -1) + 1;
-    INSERT INTO cairn_events
-        (position, stream_id, revision, id, event_type, content_type, metadata, payload,
-         recorded_us)
-    VALUES (base, found_id, inserted_revision, event_id, event_type, content_type, metadata,
-            payload, (extract(epoch FROM clock_timestamp()) * 1000000)::bigint);
-    -- A soft-deleted stream written again is live again.
-    IF found_lifecycle = 1 THEN
-        UPDATE cairn_streams s SET lifecycle = 0 WHERE s.id = found_id;
-    END IF;
+    -- Otherwise (a new stream, a refusal, a soft-deleted stream): cairn_append_stream, whose
+    -- lock this transaction already holds, and which raises the same refusals.
+    SELECT r.last_revision, r.last_position INTO inserted_revision, base
+    FROM cairn_append_stream(stream_name, stream_category, expected_kind, expected_revision,
+                             ARRAY[event_id], ARRAY[event_type], ARRAY[content_type],
+                             ARRAY[metadata], ARRAY[payload], in_transaction) AS r;
     RETURN ARRAY[inserted_revision, base];
 END
 $$;
