@@ -1413,26 +1413,7 @@ impl Committer {
             .applied_batch
             .store(number, Ordering::Release);
     }
-}
 
-/// Looks for the event ids of `appends` in the index on the caller's thread, sparing the
-/// planner (one thread for every writer) that work: `Some(batch)` when none of them has a
-/// candidate position in the index while it holds every batch up to `batch`; `None` when
-/// one has (a retry, or another id with a like key: the planner looks properly) or when
-/// the syncer is writing the index (the caller does not wait for it).
-pub(crate) fn precheck_ids(shared: &Shared, appends: &[StreamAppend]) -> Option<u64> {
-    let index = shared.index.try_read().ok()?;
-    // Loaded under the lock: the syncer publishes a batch's number after releasing the
-    // write lock it applied the batch under, so every batch up to this one is in `index`.
-    let applied = shared.progress.applied_batch.load(Ordering::Acquire);
-    let clear = appends
-        .iter()
-        .flat_map(|append| &append.events)
-        .all(|event| index.id_candidates(event.id).next().is_none());
-    clear.then_some(applied)
-}
-
-impl Committer {
     /// Runs an id index merge on a thread of its own, so that neither this thread nor the
     /// index's lock waits for it (merging a large index takes tens of milliseconds); the
     /// index keeps answering from the ids the merge froze until its result lands.
@@ -1459,6 +1440,23 @@ impl Committer {
                 .merge();
         }
     }
+}
+
+/// Looks for the event ids of `appends` in the index on the caller's thread, sparing the
+/// planner (one thread for every writer) that work: `Some(batch)` when none of them has a
+/// candidate position in the index while it holds every batch up to `batch`; `None` when
+/// one has (a retry, or another id with a like key: the planner looks properly) or when
+/// the syncer is writing the index (the caller does not wait for it).
+pub(crate) fn precheck_ids(shared: &Shared, appends: &[StreamAppend]) -> Option<u64> {
+    let index = shared.index.try_read().ok()?;
+    // Loaded under the lock: the syncer publishes a batch's number after releasing the
+    // write lock it applied the batch under, so every batch up to this one is in `index`.
+    let applied = shared.progress.applied_batch.load(Ordering::Acquire);
+    let clear = appends
+        .iter()
+        .flat_map(|append| &append.events)
+        .all(|event| index.id_candidates(event.id).next().is_none());
+    clear.then_some(applied)
 }
 
 /// Checks `expected` against a stream in `state`, refusing tombstoned streams.

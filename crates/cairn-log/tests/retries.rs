@@ -6,6 +6,8 @@
 use cairn_core::{EventData, EventStore, ExpectedRevision, ReadStream, Revision, StreamName, Uuid};
 use cairn_log::{LogOptions, LogStore};
 
+mod common;
+
 const WRITERS: usize = 8;
 const ROUNDS: usize = 150;
 const EVENTS: usize = 5;
@@ -21,10 +23,7 @@ async fn a_retry_right_after_its_acknowledgement_writes_nothing() {
             let mut written = Vec::new();
             for round in 0..ROUNDS {
                 let events: Vec<EventData> = (0..EVENTS)
-                    .map(|n| {
-                        EventData::new("Tried", format!("{writer}/{round}/{n}").into_bytes())
-                            .with_id(Uuid::now_v7())
-                    })
+                    .map(|n| EventData::new("Tried", format!("{writer}/{round}/{n}").into_bytes()))
                     .collect();
                 written.extend(events.iter().map(|e| e.id));
                 let first = store
@@ -60,11 +59,7 @@ async fn a_retry_right_after_its_acknowledgement_writes_nothing() {
 async fn retries_are_recognised_across_id_index_merges_and_a_reopen() {
     const BATCHES: usize = 70;
     const BATCH: usize = 500;
-    let dir = std::env::temp_dir().join(format!(
-        "cairn-log-retries-{}-{}",
-        std::process::id(),
-        Uuid::now_v7().simple()
-    ));
+    let dir = common::temp_dir("retries");
     let store = LogStore::open(&dir, LogOptions::default()).expect("a log store opens");
     let mut writers = tokio::task::JoinSet::new();
     for writer in 0..4 {
