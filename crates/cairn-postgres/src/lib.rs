@@ -90,6 +90,7 @@
 
 mod append;
 pub mod checkpoints;
+mod combine;
 mod error;
 pub mod inbox;
 mod lifecycle;
@@ -102,9 +103,10 @@ pub mod schema;
 mod store;
 
 pub use append::MAX_EVENTS_PER_TRANSACTION;
+pub use combine::MAX_COMBINED_EVENTS;
 pub use error::{ConnectError, SchemaError, TableError, redact_url};
 pub use notify::CHANNEL;
-pub use options::PgOptions;
+pub use options::{DEFAULT_APPEND_TRANSACTIONS, PgOptions};
 pub use schema::SCHEMA_VERSION;
 pub use store::PgStore;
 

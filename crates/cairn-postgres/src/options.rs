@@ -46,7 +46,24 @@ pub struct PgOptions {
     pub migrate: bool,
     /// The limits enforced on appends.
     pub limits: StoreLimits,
+    /// How many append transactions run side by side before further appends are
+    /// combined (at least 1; the default is [`DEFAULT_APPEND_TRANSACTIONS`]).
+    ///
+    /// An append to one stream, outside the caller's transaction, that finds fewer
+    /// transactions of appends in flight on this store runs at once, alone. One that finds
+    /// this many waits in a queue; the next append transaction to start takes every
+    /// queued append (up to [`MAX_COMBINED_EVENTS`](crate::MAX_COMBINED_EVENTS) events)
+    /// and writes them in one database call and one transaction, so that they share one
+    /// commit. Each is still judged on its own: a refusal refuses that append only. A lone
+    /// writer never waits; many writers trade a little latency for far fewer commits.
+    /// Appends to several streams and appends in the caller's transaction are never
+    /// combined.
+    pub append_transactions: usize,
 }
+
+/// The default of [`PgOptions::append_transactions`], chosen by measurement with
+/// `cairn bench --store postgres` (see BENCHMARKS.md).
+pub const DEFAULT_APPEND_TRANSACTIONS: usize = 4;
 
 impl Default for PgOptions {
     fn default() -> Self {
@@ -59,6 +76,7 @@ impl Default for PgOptions {
             subscription_retry: Duration::from_secs(60),
             migrate: true,
             limits: StoreLimits::default(),
+            append_transactions: DEFAULT_APPEND_TRANSACTIONS,
         }
     }
 }
@@ -117,6 +135,13 @@ impl PgOptions {
     #[must_use]
     pub fn limits(mut self, limits: StoreLimits) -> Self {
         self.limits = limits;
+        self
+    }
+
+    /// Sets [`append_transactions`](Self::append_transactions) (at least 1).
+    #[must_use]
+    pub fn append_transactions(mut self, transactions: usize) -> Self {
+        self.append_transactions = transactions.max(1);
         self
     }
 }
