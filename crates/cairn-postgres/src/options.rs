@@ -49,7 +49,9 @@ pub struct PgOptions {
     /// How many append transactions run side by side before further appends are
     /// combined (at least 1; the default is [`DEFAULT_APPEND_TRANSACTIONS`]).
     ///
-    /// An append to one stream, outside the caller's transaction, that finds fewer
+    /// An append to one stream of at most
+    /// [`MAX_EVENTS_TO_COMBINE`](crate::MAX_EVENTS_TO_COMBINE) events, outside the caller's
+    /// transaction, that finds fewer
     /// transactions of appends in flight on this store runs at once, alone. One that finds
     /// this many waits in a queue; the next append transaction to start takes every
     /// queued append (up to [`MAX_COMBINED_EVENTS`](crate::MAX_COMBINED_EVENTS) events)
@@ -58,12 +60,20 @@ pub struct PgOptions {
     /// writer never waits; many writers trade a little latency for far fewer commits.
     /// Appends to several streams and appends in the caller's transaction are never
     /// combined.
+    ///
+    /// An append transaction waits for the locks of its streams. One that waits for a lock
+    /// held elsewhere (a long transaction around [`PgStore::append_in_tx`], a lifecycle
+    /// change) holds its place until it gets it, and the appends queued meanwhile wait
+    /// for a place: raise this setting when the application holds stream locks for long.
+    ///
+    /// [`PgStore::append_in_tx`]: crate::PgStore::append_in_tx
     pub append_transactions: usize,
 }
 
-/// The default of [`PgOptions::append_transactions`], chosen by measurement with
-/// `cairn bench --store postgres` (see BENCHMARKS.md).
-pub const DEFAULT_APPEND_TRANSACTIONS: usize = 4;
+/// The default of [`PgOptions::append_transactions`]: one, chosen by measurement with
+/// `cairn bench --store postgres --workload custom --writers 32 --batch 1` against 2, 4
+/// and 8 (see BENCHMARKS.md): one transaction at a time takes the most appends per commit.
+pub const DEFAULT_APPEND_TRANSACTIONS: usize = 1;
 
 impl Default for PgOptions {
     fn default() -> Self {

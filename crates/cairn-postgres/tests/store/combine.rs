@@ -383,7 +383,7 @@ async fn a_retry_in_a_batch_returns_the_original_result() {
 
     assert_eq!(retry.await.unwrap(), original);
     let first = first.await.unwrap();
-    between.await.unwrap();
+    assert_eq!(xid(&between.await.unwrap()), xid(&first), "one batch");
     assert_eq!(again.await.unwrap(), first);
     assert_eq!(
         stream_ids(&store, &earlier).await,
