@@ -73,4 +73,5 @@ pub use subscription::{
 };
 
 pub use bytes::Bytes;
+pub use compact_str::{CompactString, ToCompactString, format_compact};
 pub use uuid::Uuid;
