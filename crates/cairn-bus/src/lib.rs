@@ -108,7 +108,6 @@ pub mod consumer;
 pub mod deadletter;
 pub mod dedup;
 pub mod handler;
-mod hash;
 pub mod memory;
 pub mod message;
 pub mod metrics;

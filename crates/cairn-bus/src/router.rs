@@ -42,7 +42,7 @@ use serde::de::DeserializeOwned;
 use tower::Service;
 
 use crate::handler::{HandlerError, Incoming};
-use crate::hash::KeyedHash;
+use cairn_core::KeyedHash;
 
 type Route = Arc<dyn Fn(Incoming) -> BoxFuture<'static, Result<(), HandlerError>> + Send + Sync>;
 

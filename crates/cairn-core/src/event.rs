@@ -7,6 +7,7 @@ use std::fmt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
+use compact_str::CompactString;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -217,23 +218,23 @@ pub struct EventData {
     pub id: Uuid,
     /// The event type (CloudEvents `type`), 1 to [`MAX_EVENT_TYPE_LEN`] bytes, no control
     /// characters.
-    pub event_type: String,
+    pub event_type: CompactString,
     /// The payload bytes.
     pub payload: Bytes,
     /// The payload's media type (CloudEvents `datacontenttype`).
-    pub content_type: String,
+    pub content_type: CompactString,
     /// Metadata, including the well-known keys of [`Metadata`].
     pub metadata: Metadata,
 }
 
 impl EventData {
     /// An event with a fresh UUID v7 id, the JSON content type and no metadata.
-    pub fn new(event_type: impl Into<String>, payload: impl Into<Bytes>) -> Self {
+    pub fn new(event_type: impl Into<CompactString>, payload: impl Into<Bytes>) -> Self {
         Self {
             id: crate::new_id(),
             event_type: event_type.into(),
             payload: payload.into(),
-            content_type: DEFAULT_CONTENT_TYPE.to_owned(),
+            content_type: CompactString::const_new(DEFAULT_CONTENT_TYPE),
             metadata: Metadata::new(),
         }
     }
@@ -244,7 +245,7 @@ impl EventData {
     ///
     /// Returns the serializer's error when `value` cannot be written as JSON.
     pub fn json<T: Serialize + ?Sized>(
-        event_type: impl Into<String>,
+        event_type: impl Into<CompactString>,
         value: &T,
     ) -> Result<Self, serde_json::Error> {
         Ok(Self::new(event_type, serde_json::to_vec(value)?))
@@ -259,7 +260,7 @@ impl EventData {
 
     /// Sets the content type.
     #[must_use]
-    pub fn with_content_type(mut self, content_type: impl Into<String>) -> Self {
+    pub fn with_content_type(mut self, content_type: impl Into<CompactString>) -> Self {
         self.content_type = content_type.into();
         self
     }
@@ -323,9 +324,9 @@ pub struct RecordedEvent {
     /// Its position in the global log.
     pub position: Position,
     /// The event type.
-    pub event_type: String,
+    pub event_type: CompactString,
     /// The payload's media type.
-    pub content_type: String,
+    pub content_type: CompactString,
     /// The payload bytes.
     pub payload: Bytes,
     /// The writer's metadata.

@@ -39,6 +39,7 @@
 mod checkpoint;
 mod error;
 mod event;
+mod hash;
 mod id;
 mod lifecycle;
 mod name;
@@ -55,6 +56,7 @@ pub use event::{
     CLOUDEVENTS_SPEC_VERSION, DEFAULT_CONTENT_TYPE, EventData, MAX_EVENT_TYPE_LEN, Metadata,
     RecordedEvent, Timestamp,
 };
+pub use hash::{KeyedHash, KeyedHasher};
 pub use id::new_id;
 pub use lifecycle::{StreamInfo, StreamMetadata, StreamState, Visibility};
 pub use name::{InvalidStreamName, MAX_STREAM_NAME_LEN, StreamName, category_of};
@@ -73,4 +75,5 @@ pub use subscription::{
 };
 
 pub use bytes::Bytes;
+pub use compact_str::{CompactString, ToCompactString, format_compact};
 pub use uuid::Uuid;

@@ -149,7 +149,7 @@ impl Upcasters {
         let types = E::event_types();
         let current: HashMap<&str, u32> = types.iter().map(|t| (t.name, t.version)).collect();
         let filter = EventFilter::event_types(types.iter().map(|t| t.name));
-        let mut seen: BTreeSet<(String, u32)> = BTreeSet::new();
+        let mut seen: BTreeSet<(cairn_core::CompactString, u32)> = BTreeSet::new();
         let mut from = Position::START;
         loop {
             let page = store
@@ -170,7 +170,7 @@ impl Upcasters {
                 };
                 if !self.has_path(&event.event_type, version, now) {
                     return Err(CheckError::Unbridged {
-                        event_type: event.event_type.clone(),
+                        event_type: event.event_type.to_string(),
                         version,
                         current: now,
                     });

@@ -242,18 +242,24 @@ pub(crate) fn encode_event(
             + metadata_len
             + data.payload.len(),
     );
-    put_u32(buf, 0); // crc, filled in below
-    put_u32(buf, 0); // length, filled in below
-    buf.push(KIND_EVENT);
-    buf.push(0);
-    put_u16(buf, text_len(stream));
-    put_u16(buf, text_len(&data.event_type));
-    put_u16(buf, text_len(&data.content_type));
-    put_u64(buf, revision.0);
-    put_u64(buf, recorded.as_micros());
-    buf.extend_from_slice(data.id.as_bytes());
-    put_u32(buf, u32::try_from(metadata_len).unwrap_or(u32::MAX));
-    put_u32(buf, u32::try_from(data.payload.len()).unwrap_or(u32::MAX));
+    // The fixed part is assembled on the stack and copied once; the crc and the length
+    // are filled in by `seal_record`.
+    let mut fixed = [0u8; EVENT_FIXED_LEN];
+    fixed[8] = KIND_EVENT;
+    fixed[10..12].copy_from_slice(&text_len(stream).to_le_bytes());
+    fixed[12..14].copy_from_slice(&text_len(&data.event_type).to_le_bytes());
+    fixed[14..16].copy_from_slice(&text_len(&data.content_type).to_le_bytes());
+    fixed[16..24].copy_from_slice(&revision.0.to_le_bytes());
+    fixed[24..32].copy_from_slice(&recorded.as_micros().to_le_bytes());
+    fixed[32..48].copy_from_slice(data.id.as_bytes());
+    fixed[48..52]
+        .copy_from_slice(&u32::try_from(metadata_len).unwrap_or(u32::MAX).to_le_bytes());
+    fixed[52..56].copy_from_slice(
+        &u32::try_from(data.payload.len())
+            .unwrap_or(u32::MAX)
+            .to_le_bytes(),
+    );
+    buf.extend_from_slice(&fixed);
     buf.extend_from_slice(stream.as_bytes());
     buf.extend_from_slice(data.event_type.as_bytes());
     buf.extend_from_slice(data.content_type.as_bytes());

@@ -306,7 +306,7 @@ pub(crate) struct Index {
     /// Hashes stream names for `names`. Set when the index is made and never replaced,
     /// so a hash from [`Index::name_hash`] stays good for the index's life (the writer's
     /// overlay keys streams by it).
-    name_hasher: std::hash::RandomState,
+    name_hasher: cairn_core::KeyedHash,
     pub(crate) streams: Vec<StreamEntry>,
     /// Event id → candidate positions (the caller checks the id recorded there).
     pub(crate) ids: IdIndex,
@@ -346,6 +346,11 @@ impl Index {
         self.name_hasher.hash_one(name)
     }
 
+    /// The hasher behind [`Index::name_hash`], for hashing names without the index.
+    pub(crate) fn name_hasher(&self) -> cairn_core::KeyedHash {
+        self.name_hasher
+    }
+
     fn stream_number(&self, name: &str) -> Option<u32> {
         self.stream_number_hashed(name, self.name_hash(name))
     }
@@ -379,7 +384,7 @@ impl Index {
     fn rehasher<'a>(
         streams: &'a [StreamEntry],
         arena: &'a str,
-        hasher: &'a std::hash::RandomState,
+        hasher: &'a cairn_core::KeyedHash,
     ) -> impl Fn(&u32) -> u64 + 'a {
         move |&number| {
             streams

@@ -20,6 +20,7 @@
 //! decides what is durable.
 
 use std::collections::VecDeque;
+use std::hash::BuildHasher;
 
 use hashbrown::{HashTable, hash_table};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -679,26 +680,36 @@ impl Planner {
         }
         // Batches that callers' id checks did not see stay in the overlay, so that those
         // checks hold: the overlay covers every batch after the oldest check.
-        let oldest_check = commands
-            .iter()
-            .filter_map(|command| match command {
-                Command::Append { checked, .. } => *checked,
-                _ => None,
-            })
-            .min()
-            .unwrap_or(u64::MAX);
+        let mut oldest_check = u64::MAX;
+        let mut events = 0;
+        for command in commands.iter() {
+            if let Command::Append {
+                appends, checked, ..
+            } = command
+            {
+                oldest_check = oldest_check.min(checked.unwrap_or(u64::MAX));
+                events += appends.iter().map(|a| a.events.len()).sum::<usize>();
+            }
+        }
         let applied = self.shared.progress.applied_batch.load(Ordering::Acquire);
         self.applied = applied;
         self.overlay.forget_applied(applied.min(oldest_check));
         self.batch_number += 1;
         let number = self.batch_number;
+        // Sized up front: growing them event by event copied each several times.
+        self.overlay.ids.reserve(events);
         self.overlay
             .batches
-            .push_back((number, Vec::new(), Vec::new()));
+            .push_back((
+                number,
+                Vec::with_capacity(events),
+                Vec::with_capacity(commands.len()),
+            ));
         let mut buf = std::mem::take(&mut self.spare);
         buf.clear();
         let mut batch = Batch {
             buf,
+            effects: Vec::with_capacity(events + commands.len()),
             ..Batch::default()
         };
         let mut outcomes = Vec::with_capacity(commands.len());
@@ -865,7 +876,8 @@ impl Planner {
         appends: &[StreamAppend],
         index_checked: bool,
     ) -> Result<Option<Vec<AppendResult>>, WriteError> {
-        let mut results = Vec::with_capacity(appends.len());
+        // Filled only when an event is found: a new append allocates nothing here.
+        let mut results = Vec::new();
         let mut missing = None;
         let mut present = None;
         for append in appends {
@@ -909,23 +921,20 @@ impl Planner {
         now: Timestamp,
         batch: &mut Batch,
     ) -> Result<Vec<AppendResult>, WriteError> {
-        let hashes: Vec<u64> = {
+        let name_hash = {
             let index = self.index();
             if let Some(results) = self.find_retry(&index, commands, appends, index_checked)? {
                 return Ok(results);
             }
-            let hashes: Vec<u64> = appends
-                .iter()
-                .map(|append| index.name_hash(append.stream.as_str()))
-                .collect();
-            for (append, &hash) in appends.iter().zip(&hashes) {
+            for append in appends {
+                let hash = index.name_hash(append.stream.as_str());
                 check_expected(
                     self.overlay.state(&index, &append.stream, hash),
                     &append.stream,
                     append.expected,
                 )?;
             }
-            hashes
+            index.name_hasher()
         };
         let mut size = 0u64;
         let mut count = 0u32;
@@ -945,7 +954,9 @@ impl Planner {
         }
         let number = self.batch_number;
         let mut results = Vec::with_capacity(appends.len());
-        for ((append_number, append), &hash) in appends.iter().enumerate().zip(&hashes) {
+        for (append_number, append) in appends.iter().enumerate() {
+            // Hashed again rather than kept in a list: a few instructions, no allocation.
+            let hash = name_hash.hash_one(append.stream.as_str());
             let mut revision = {
                 let index = self.index();
                 self.overlay

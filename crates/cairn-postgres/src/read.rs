@@ -447,8 +447,8 @@ fn event_from(
     let name: String = row.try_get(at + 1).map_err(failed)?;
     let revision: i64 = row.try_get(at + 2).map_err(failed)?;
     let id: Uuid = row.try_get(at + 3).map_err(failed)?;
-    let event_type: String = row.try_get(at + 4).map_err(failed)?;
-    let content_type: String = row.try_get(at + 5).map_err(failed)?;
+    let event_type: &str = row.try_get(at + 4).map_err(failed)?;
+    let content_type: &str = row.try_get(at + 5).map_err(failed)?;
     let metadata: Vec<u8> = row.try_get(at + 6).map_err(failed)?;
     let payload: Vec<u8> = row.try_get(at + 7).map_err(failed)?;
     let recorded: i64 = row.try_get(at + 8).map_err(failed)?;
@@ -457,8 +457,8 @@ fn event_from(
         stream: StreamName::new(&name).map_err(|error| corrupt("stream name", &error))?,
         revision: to_revision(revision),
         position: to_position(position),
-        event_type,
-        content_type,
+        event_type: event_type.into(),
+        content_type: content_type.into(),
         payload: payload.into(),
         metadata: decode_metadata(&metadata).map_err(|error| corrupt("event metadata", &error))?,
         recorded: Timestamp(u64::try_from(recorded).unwrap_or(0)),

@@ -12,7 +12,7 @@ use std::hash::BuildHasher;
 
 use uuid::Uuid;
 
-use crate::hash::KeyedHash;
+use cairn_core::KeyedHash;
 
 /// How full a set gets before it grows, as a fraction: 7 in 10.
 const MAX_LOAD: (usize, usize) = (7, 10);

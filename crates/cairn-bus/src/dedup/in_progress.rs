@@ -7,7 +7,7 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use tokio::sync::oneshot;
 use uuid::Uuid;
 
-use crate::hash::KeyedHash;
+use cairn_core::KeyedHash;
 
 /// The ids in progress, each with the deliveries waiting for its outcome. Written by
 /// [`claim`](Self::claim) and by [`Owner`]s when they finish; a waiter holds only its

@@ -8,7 +8,7 @@ use uuid::Uuid;
 
 use super::InboxError;
 use super::window::Window;
-use crate::hash::KeyedHash;
+use cairn_core::KeyedHash;
 
 /// The ids of the messages each consumer has processed, keyed by (consumer name, message
 /// id).

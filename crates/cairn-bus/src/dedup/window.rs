@@ -22,7 +22,7 @@ use std::hash::BuildHasher;
 use uuid::Uuid;
 
 use super::ids::IdSet;
-use crate::hash::KeyedHash;
+use cairn_core::KeyedHash;
 
 /// Filter bits per id a generation may take before the filter grows: a new id then finds
 /// a false "maybe" for a given generation in about 1.6 % of lookups.

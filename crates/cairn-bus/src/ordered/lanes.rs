@@ -23,7 +23,7 @@ use hashbrown::hash_table;
 use tokio::sync::oneshot;
 
 use super::slots::Slots;
-use crate::hash::KeyedHash;
+use cairn_core::KeyedHash;
 use crate::message::Message;
 
 /// A message with an ordering key, compared by that key.

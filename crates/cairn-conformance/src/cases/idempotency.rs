@@ -129,7 +129,7 @@ pub(crate) async fn reused_ids<F: StoreFactory>(
     other_payload.payload = Bytes::from_static(b"{\"n\":\"different\"}");
     let other_type = {
         let mut changed = first.clone();
-        changed.event_type = "Different".to_owned();
+        changed.event_type = "Different".into();
         changed
     };
     let other_metadata = first.clone().with_correlation_id("different");

@@ -1,19 +1,21 @@
-//! [`KeyedHash`]: the hasher of the maps on a message's path (the inbox's ids, the ids in
-//! progress, the ordering keys' lanes, the router's routes).
+//! [`KeyedHash`]: the hasher of the maps on hot paths, keyed by ids and short names (a
+//! message's id and ordering key in the bus, a stream's name in the embedded store's
+//! index).
 //!
 //! The standard library's SipHash is built to resist any input an attacker picks and costs
-//! about a hundred instructions for a short key; a consumer hashes each message's id and
-//! key several times. This is a folded multiply of each 16 bytes of input with two random
+//! about a hundred instructions for a short key, and these maps hash every message or
+//! event several times. This is a folded multiply of each 16 bytes of input with two random
 //! keys per map: a few instructions per word, spreading ids (random already) and short
-//! strings well. The random keys keep ids or ordering keys chosen by a hostile publisher
-//! from being made to collide, as far as a fast non-cryptographic hash can: it is not a
-//! cryptographic hash and promises nothing against an attacker who can read the keys.
+//! strings well. The random keys keep ids, ordering keys or stream names chosen by a
+//! hostile writer from being made to collide, as far as a fast non-cryptographic hash can:
+//! it is not a cryptographic hash and promises nothing against an attacker who can read
+//! the keys. Hashes are not stable across maps or processes: never persist them.
 
 use std::hash::{BuildHasher, Hasher};
 
 /// Builds [`KeyedHasher`]s with two random keys drawn once per map.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct KeyedHash {
+pub struct KeyedHash {
     keys: (u64, u64),
 }
 
@@ -39,7 +41,7 @@ impl BuildHasher for KeyedHash {
 /// The hasher of [`KeyedHash`]: each write folds 16 bytes at a time into the state, a
 /// shorter last chunk read as two (overlapping) words.
 #[derive(Debug)]
-pub(crate) struct KeyedHasher {
+pub struct KeyedHasher {
     keys: (u64, u64),
     state: u64,
 }
