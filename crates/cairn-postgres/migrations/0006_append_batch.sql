@@ -10,10 +10,14 @@
 -- so that two appends to one stream apply in order: the second sees the first's revision
 -- and is checked against it.
 --
--- Locks: every stream's lock is taken before anything is read, in the key order of
--- cairn_lock_streams and cairn_append, so batches cannot deadlock with each other or with
--- the other write paths; the transaction id is taken after the locks (positions follow
--- revisions inside a stream, as in cairn_append_stream).
+-- Locks: every stream's lock is tried before anything is read, in key order, without
+-- waiting. A stream whose lock another transaction holds (a writer of that stream, or an
+-- application's transaction that appended to it and has not ended) is left out: its
+-- appends come back busy (outcome 4) and the client runs them on their own, where they
+-- wait for the lock. So one held stream never holds up the batch's other appends, and a
+-- batch never waits, which also keeps it out of any deadlock. The transaction id is taken
+-- after the locks (positions follow revisions inside a stream, as in
+-- cairn_append_stream).
 --
 -- Checks run under the locks, in plain statements (no exception block or savepoint per
 -- append, which would cost a subtransaction each):
@@ -28,8 +32,9 @@
 -- event_appends: each event's append, events grouped by append in append order;
 -- event_ranks: each event's 0-based rank inside its append; counts: events per append.
 --
--- Returns one row per append, in append order: outcome (0 applied), actual (outcome 1),
--- and for an applied append its last revision and last position.
+-- Returns one row per append, in append order: outcome (0 applied, 1 expectation failed,
+-- 2 tombstoned, 3 ids recorded, 4 busy), actual (outcome 1), and for an applied append its
+-- last revision and last position.
 CREATE FUNCTION cairn_append_batch(
     stream_names text[], stream_categories text[], append_streams integer[],
     expected_kinds smallint[], expected_revisions bigint[], counts integer[],
@@ -51,6 +56,8 @@ DECLARE
     first_revisions bigint[] := array_fill(NULL::bigint, ARRAY[appends]);
     first_ranks bigint[] := array_fill(NULL::bigint, ARRAY[appends]);
     recorded integer[];
+    -- The lock keys of streams whose lock another transaction holds.
+    busy integer[];
     revived bigint[] := '{}';
     slot integer;
     seen bigint;
@@ -60,8 +67,9 @@ DECLARE
     base bigint;
     now_us bigint := (extract(epoch FROM clock_timestamp()) * 1000000)::bigint;
 BEGIN
-    PERFORM pg_advisory_xact_lock(1667328370, l.h)
-    FROM (SELECT DISTINCT hashtext(n) AS h FROM unnest(stream_names) AS n ORDER BY 1) AS l;
+    SELECT COALESCE(array_agg(l.h), '{}') INTO busy
+    FROM (SELECT DISTINCT hashtext(n) AS h FROM unnest(stream_names) AS n ORDER BY 1) AS l
+    WHERE NOT pg_try_advisory_xact_lock(1667328370, l.h);
 
     -- New snapshots from here on: they see what the locks' previous holders committed.
     SELECT array_agg(s.id ORDER BY u.n), array_agg(s.lifecycle ORDER BY u.n),
@@ -80,6 +88,10 @@ BEGIN
 
     FOR i IN 1 .. appends LOOP
         slot := append_streams[i];
+        IF hashtext(stream_names[slot]) = ANY (busy) THEN
+            outcomes[i] := 4;
+            CONTINUE;
+        END IF;
         IF i = ANY (recorded) THEN
             outcomes[i] := 3;
             CONTINUE;

@@ -404,6 +404,9 @@ pub(crate) enum Outcome {
     Refused(WriteError),
     /// Not applied: some of its event ids are recorded already (a retry, or ids reused).
     Recorded,
+    /// Not looked at: another transaction holds its stream's lock. It is to run on its
+    /// own, where it waits for the lock.
+    Busy,
 }
 
 /// Writes `appends` (each to one stream, validated, no event id in two of them) in one
@@ -506,6 +509,7 @@ pub(crate) async fn write_batch(
             }
             2 => Outcome::Refused(WriteError::StreamDeleted { stream }),
             3 => Outcome::Recorded,
+            4 => Outcome::Busy,
             other => {
                 return Err(sqlx::Error::Protocol(format!(
                     "a batch returned the unknown outcome {other}"

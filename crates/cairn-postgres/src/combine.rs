@@ -7,14 +7,20 @@
 //!
 //! - one of more than [`MAX_EVENTS_TO_COMBINE`] events runs alone, uncounted;
 //! - one that finds fewer than [`PgOptions::append_transactions`] append transactions in
-//!   flight runs at once, alone, on the usual path (`append::append_on`): a lone writer
-//!   neither waits nor pays anything;
+//!   flight runs at once, as a batch of one: a lone writer does not wait;
 //! - otherwise it joins the queue and waits. The next append transaction to start, when
 //!   one in flight ends, takes every queued append (in queue order, up to
 //!   [`MAX_COMBINED_EVENTS`] events) and writes them in one call of `cairn_append_batch`,
 //!   in one transaction ([`append::write_batch`]). Each append is judged on its own there;
 //!   the ones refused or already recorded are then told apart as a lone append's are
 //!   (`append::find_retry`).
+//!
+//! A batch never waits for a stream's lock: it tries each, and the appends to a stream
+//! that another transaction holds (a writer of that stream, an application's transaction
+//! that appended to it and has not ended) come back busy and run on their own, outside the
+//! count of transactions in flight, where they wait for the lock (`append::append_on`).
+//! So a held stream holds up only its own writers, as without combining, and never the
+//! queue.
 //!
 //! A transaction in flight holds a [`Turn`]. A lone append holds its turn in its own
 //! future; when it ends (or is dropped) with appends queued, the turn passes to a task that
@@ -199,25 +205,33 @@ pub(crate) async fn append(
     if append.events.len() > MAX_EVENTS_TO_COMBINE {
         return one(store.append_alone(std::slice::from_ref(&append)).await);
     }
-    let append = match store.inner.combiner.enter(append) {
-        Ok(append) => append,
-        Err(result) => {
-            return result.await.unwrap_or_else(|_| {
-                Err(WriteError::Storage(StorageError::new(
-                    StorageErrorKind::Unavailable,
-                    "the store stopped before the append was written; it did not commit",
-                )))
-            });
-        }
+    let (reply, result) = oneshot::channel();
+    let queued = match store.inner.combiner.enter(append) {
+        Ok(append) => Queued { append, reply },
+        Err(result) => return answer(result).await,
     };
     let turn = Turn {
         store: store.clone(),
         batch: false,
         released: false,
     };
-    let appended = store.append_alone(std::slice::from_ref(&append)).await;
+    // A batch of one, written as batches are: it does not wait for a held stream, so this
+    // transaction never holds its turn, and the appends queued behind it, while another
+    // transaction holds the stream. If it is held, the append waits for it on its own.
+    let alone = run_batch(store, vec![queued]).await;
     drop(turn);
-    one(appended)
+    run_alone(store, alone).await;
+    answer(result).await
+}
+
+/// The result a queued append was sent.
+async fn answer(result: Reply) -> Result<AppendResult, WriteError> {
+    result.await.unwrap_or_else(|_| {
+        Err(WriteError::Storage(StorageError::new(
+            StorageErrorKind::Unavailable,
+            "the store stopped before the append was written; it did not commit",
+        )))
+    })
 }
 
 /// The result of an append of one part.
@@ -233,7 +247,13 @@ fn one(results: Result<Vec<AppendResult>, WriteError>) -> Result<AppendResult, W
 /// A batch task: runs batches off the queue until it is empty.
 async fn run_batches(mut turn: Turn) {
     while let Some(batch) = turn.take_batch() {
-        run_batch(&turn.store, batch).await;
+        let alone = run_batch(&turn.store, batch).await;
+        if !alone.is_empty() {
+            // Outside the turn: they may wait for a lock.
+            let store = turn.store.clone();
+            let runtime = &turn.store.inner.combiner.runtime;
+            drop(runtime.spawn(async move { run_alone(&store, alone).await }));
+        }
         // The callers just answered are ready to run, and most append again at once: let
         // them queue before the next batch is taken, or it would leave them for the one
         // after (a transaction, and a WAL flush, for a handful of appends).
@@ -241,18 +261,26 @@ async fn run_batches(mut turn: Turn) {
     }
 }
 
-/// Writes one batch and answers each of its appends.
-async fn run_batch(store: &PgStore, mut batch: Vec<Queued>) {
-    if batch.len() == 1 {
-        // Nothing to combine: the path of a lone append.
-        if let Some(queued) = batch.pop() {
-            let appended = store
-                .append_alone(std::slice::from_ref(&queued.append))
-                .await;
-            let _ = queued.reply.send(one(appended));
+/// Runs `appends` one after the other, each in a transaction of its own (where it waits
+/// for its stream's lock), and answers each. Those whose caller left are skipped: none of
+/// them was written.
+async fn run_alone(store: &PgStore, appends: Vec<Queued>) {
+    for queued in appends {
+        if queued.reply.is_closed() {
+            continue;
         }
-        return;
+        let appended = store
+            .append_alone(std::slice::from_ref(&queued.append))
+            .await;
+        let _ = queued.reply.send(one(appended));
     }
+}
+
+/// Writes one batch and answers each of its appends, but for those it returns, in queue
+/// order, which are still to run on their own ([`run_alone`]): appends to a stream another
+/// transaction holds, and every append of a batch whose call the server refused (nothing
+/// of it committed).
+async fn run_batch(store: &PgStore, batch: Vec<Queued>) -> Vec<Queued> {
     let mut conn = match store.inner.parked.acquire().await {
         Ok(conn) => conn,
         Err(error) => {
@@ -260,7 +288,7 @@ async fn run_batch(store: &PgStore, mut batch: Vec<Queued>) {
             for queued in batch {
                 let _ = queued.reply.send(Err(error.clone()));
             }
-            return;
+            return Vec::new();
         }
     };
     let appends: Vec<&StreamAppend> = batch.iter().map(|q| &q.append).collect();
@@ -273,13 +301,7 @@ async fn run_batch(store: &PgStore, mut batch: Vec<Queued>) {
             // batch committed. Each append runs alone, in queue order.
             tracing::debug!(%error, "a combined append failed; its appends run alone");
             store.inner.parked.park(conn);
-            for queued in batch {
-                let appended = store
-                    .append_alone(std::slice::from_ref(&queued.append))
-                    .await;
-                let _ = queued.reply.send(one(appended));
-            }
-            return;
+            return batch;
         }
         Err(error) => {
             // The connection or the server failed: the batch may or may not have
@@ -289,7 +311,7 @@ async fn run_batch(store: &PgStore, mut batch: Vec<Queued>) {
             for queued in batch {
                 let _ = queued.reply.send(Err(error.clone()));
             }
-            return;
+            return Vec::new();
         }
     };
     if outcomes.iter().any(|o| matches!(o, Outcome::Applied(_))) {
@@ -297,48 +319,52 @@ async fn run_batch(store: &PgStore, mut batch: Vec<Queued>) {
     }
     // The applied ones first: the others may take a query each to settle.
     let mut unsettled = Vec::new();
+    let mut alone = Vec::new();
     for (queued, outcome) in batch.into_iter().zip(outcomes) {
         match outcome {
             Outcome::Applied(result) => {
                 let _ = queued.reply.send(Ok(result));
             }
+            Outcome::Busy => alone.push(queued),
             other => unsettled.push((queued, other)),
         }
     }
     let mut healthy = true;
     for (queued, outcome) in unsettled {
-        let settled = settle(store, &mut conn, &queued.append, outcome).await;
-        healthy &= !matches!(settled, Err(WriteError::Storage(_)));
-        let _ = queued.reply.send(settled);
+        match settle(store, &mut conn, &queued.append, outcome).await {
+            Some(settled) => {
+                healthy &= !matches!(settled, Err(WriteError::Storage(_)));
+                let _ = queued.reply.send(settled);
+            }
+            None => alone.push(queued),
+        }
     }
     if healthy {
         store.inner.parked.park(conn);
     }
+    alone
 }
 
-/// The result of an append the batch did not apply: the original result when it is a
-/// retry of a recorded append, else its refusal ([`WriteError::EventIdReused`] for ids
-/// recorded with other content).
+/// The result of an append the batch refused or found recorded: the original result when
+/// it is a retry of a recorded append, else its refusal ([`WriteError::EventIdReused`] for
+/// ids recorded with other content); `None` when it is to run on its own after all (its
+/// ids were recorded when the batch looked and are gone now, with a stream deleted
+/// meanwhile: it is a new append).
 async fn settle(
     store: &PgStore,
     conn: &mut sqlx::PgConnection,
     append: &StreamAppend,
     outcome: Outcome,
-) -> Result<AppendResult, WriteError> {
+) -> Option<Result<AppendResult, WriteError>> {
     let parts = std::slice::from_ref(append);
-    let retry = append::find_retry(store, conn, parts).await?;
+    let retry = match append::find_retry(store, conn, parts).await {
+        Ok(retry) => retry,
+        Err(error) => return Some(Err(error)),
+    };
     match (retry, outcome) {
-        (Some(results), _) => one(Ok(results)),
-        (None, Outcome::Refused(refusal)) => Err(refusal),
-        // Its ids were recorded when the batch looked, and are gone now (a stream
-        // deleted meanwhile): it is a new append after all.
-        (None, _) => {
-            let appended = append::append_on(store, conn, parts, false).await;
-            if appended.is_ok() {
-                store.signal_commit();
-            }
-            one(appended)
-        }
+        (Some(results), _) => Some(one(Ok(results))),
+        (None, Outcome::Refused(refusal)) => Some(Err(refusal)),
+        (None, _) => None,
     }
 }
 

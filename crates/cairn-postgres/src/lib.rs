@@ -77,7 +77,9 @@
 //! transaction) are combined: one that finds [`PgOptions::append_transactions`] append
 //! transactions in flight queues, and the next transaction to start writes every queued
 //! append in one call and one commit (`cairn_append_batch`), each judged on its own, in
-//! queue order. A lone writer runs at once. An append is acknowledged only after the
+//! queue order. A lone writer runs at once. A combined transaction never waits for a
+//! stream's lock: appends to a stream another transaction holds run on their own, so a
+//! held stream holds up only its own writers. An append is acknowledged only after the
 //! transaction that wrote it committed; see `combine.rs` for the failure cases.
 //!
 //! # Live subscriptions

@@ -61,10 +61,10 @@ pub struct PgOptions {
     /// Appends to several streams and appends in the caller's transaction are never
     /// combined.
     ///
-    /// An append transaction waits for the locks of its streams. One that waits for a lock
-    /// held elsewhere (a long transaction around [`PgStore::append_in_tx`], a lifecycle
-    /// change) holds its place until it gets it, and the appends queued meanwhile wait
-    /// for a place: raise this setting when the application holds stream locks for long.
+    /// A counted transaction never waits for a stream's lock: an append to a stream that
+    /// another transaction holds (a long transaction around [`PgStore::append_in_tx`], a
+    /// lifecycle change) leaves the count and waits for the lock on its own, so a held
+    /// stream holds up only its own writers.
     ///
     /// [`PgStore::append_in_tx`]: crate::PgStore::append_in_tx
     pub append_transactions: usize,

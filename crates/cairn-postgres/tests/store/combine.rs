@@ -3,9 +3,10 @@
 //! cancellably, and with nothing acknowledged that did not commit.
 //!
 //! Most tests build one batch deterministically: on a store that lets one append
-//! transaction run at a time, a first append waits for a stream lock the test holds, the
-//! appends under test are made (and queue behind it), and the test lets the lock go. The
-//! first append then ends, and one batch takes every queued append.
+//! transaction run at a time, a first append waits to create its stream's row while the
+//! test keeps the streams table locked, the appends under test are made (and queue behind
+//! it), and the test lets the lock go. The first append then ends, and one batch takes
+//! every queued append.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -42,8 +43,10 @@ async fn one_at_a_time(db: &TestDb) -> PgStore {
     db.store_with(test_options().append_transactions(1)).await
 }
 
-/// The one append transaction of such a store, held: its append to stream `held` waits
-/// for the lock the test's session holds.
+/// The one append transaction of such a store, held: its append to the new stream `held`
+/// waits to insert the stream's row while the test's session keeps the streams table
+/// locked. (A stream's own lock would not do: a combined transaction does not wait for
+/// one, see `a_held_stream_holds_up_only_its_own_appends`.)
 struct Held {
     locker: PgConnection,
     first: JoinHandle<Result<AppendResult, WriteError>>,
@@ -52,7 +55,10 @@ struct Held {
 impl Held {
     async fn new(db: &TestDb, store: &PgStore) -> Self {
         let mut locker = db.connect().await;
-        lock(&mut locker, "held").await;
+        sqlx::raw_sql("BEGIN; LOCK TABLE cairn_streams IN SHARE MODE")
+            .execute(&mut locker)
+            .await
+            .unwrap();
         let first = {
             let store = store.clone();
             tokio::spawn(async move {
@@ -412,14 +418,24 @@ async fn an_append_dropped_before_its_batch_was_written_is_not_written() {
 async fn a_lost_connection_fails_every_append_of_its_batch_and_commits_none() {
     let db = TestDb::create().await;
     let store = one_at_a_time(&db).await;
-    let held = Held::new(&db, &store).await;
+    store
+        .append(&name("bystander"), ExpectedRevision::NoStream, vec![event(0)])
+        .await
+        .unwrap();
     let streams: Vec<StreamName> = (0..3).map(|n| name(&format!("lost-{n}"))).collect();
-    // The batch will wait for the lock of its middle stream.
-    let mut blocker = db.connect().await;
-    lock(&mut blocker, streams[1].as_str()).await;
+    // Another transaction holds an event id of the middle append: the batch's insert
+    // waits for it, and the test cuts the batch's connection there.
+    let contested = event(1);
+    let mut holder = hold_id(&db, contested.id).await;
+    let held = Held::new(&db, &store).await;
     let mut queued = Vec::new();
-    for stream in &streams {
-        queued.push(queue(&store, stream, ExpectedRevision::NoStream, vec![event(1)]).await);
+    for (n, stream) in streams.iter().enumerate() {
+        let data = if n == 1 {
+            contested.clone()
+        } else {
+            event(n + 2)
+        };
+        queued.push(queue(&store, stream, ExpectedRevision::NoStream, vec![data]).await);
     }
     held.release().await;
     let mut admin = db.connect().await;
@@ -439,13 +455,88 @@ async fn a_lost_connection_fails_every_append_of_its_batch_and_commits_none() {
         }
     }
     sqlx::raw_sql("ROLLBACK")
-        .execute(&mut blocker)
+        .execute(&mut holder)
         .await
         .unwrap();
     for stream in &streams {
         let info = store.stream_info(stream).await.unwrap();
         assert_eq!(info.state, StreamState::NoStream, "{stream}");
     }
+}
+
+/// Opens a transaction that inserts an event with id `id` into stream `bystander` (which
+/// must exist) and stays open: a writer of the same id waits for it.
+async fn hold_id(db: &TestDb, id: Uuid) -> PgConnection {
+    let mut holder = db.connect().await;
+    sqlx::raw_sql("BEGIN").execute(&mut holder).await.unwrap();
+    sqlx::query(
+        "INSERT INTO cairn_events
+             (position, stream_id, revision, id, event_type, content_type, metadata, payload,
+              recorded_us)
+         SELECT pg_current_xact_id()::text::bigint << 20, id, 100, $1, 'Holder',
+                'application/json', '\\x7b7d', '\\x7b7d', 0
+         FROM cairn_streams WHERE name = 'bystander'",
+    )
+    .bind(id)
+    .execute(&mut holder)
+    .await
+    .unwrap();
+    holder
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_stream_holds_up_only_its_own_appends() {
+    let db = TestDb::create().await;
+    let store = one_at_a_time(&db).await;
+    let (held_stream, free) = (name("locked"), name("free"));
+    // An application's transaction holds the stream, as one around append_in_tx does.
+    let mut blocker = db.connect().await;
+    lock(&mut blocker, held_stream.as_str()).await;
+    let waiting = {
+        let store = store.clone();
+        let stream = held_stream.clone();
+        tokio::spawn(async move {
+            store
+                .append(&stream, ExpectedRevision::NoStream, vec![event(1)])
+                .await
+        })
+    };
+    let mut admin = db.connect().await;
+    waiting_backend(&mut admin).await;
+    // The append to the held stream waits for its lock, and not in the store's one
+    // transaction: appends to other streams go on, alone and combined.
+    let alone = tokio::time::timeout(
+        std::time::Duration::from_secs(30),
+        store.append(&free, ExpectedRevision::NoStream, vec![event(2)]),
+    )
+    .await
+    .expect("an append to another stream is not held up")
+    .unwrap();
+    let held = Held::new(&db, &store).await;
+    let streams: Vec<StreamName> = (0..3).map(|n| name(&format!("other-{n}"))).collect();
+    let mut queued = Vec::new();
+    for (n, stream) in streams.iter().enumerate() {
+        queued.push(queue(&store, stream, ExpectedRevision::NoStream, vec![event(n + 3)]).await);
+    }
+    held.release().await;
+    let combined: Vec<AppendResult> = tokio::time::timeout(
+        std::time::Duration::from_secs(30),
+        futures::future::join_all(queued),
+    )
+    .await
+    .expect("queued appends to other streams are not held up")
+    .into_iter()
+    .map(Result::unwrap)
+    .collect();
+    assert!(
+        combined.iter().all(|r| xid(r) == xid(&combined[0])),
+        "the queued appends shared a transaction: {combined:?}"
+    );
+    assert!(!waiting.is_finished(), "the held stream's append still waits");
+    sqlx::raw_sql("COMMIT").execute(&mut blocker).await.unwrap();
+    let late = waiting.await.unwrap().unwrap();
+    assert!(late.position > alone.position);
+    assert!(late.position > combined[0].position);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
