@@ -163,3 +163,23 @@ BEGIN
     END LOOP;
 END
 $$;
+
+-- A single-event append that does not wait for its stream: NULL when another transaction
+-- holds the stream's lock, else what cairn_append_event returns (or raises). A combining
+-- store writes a lone append with it (see combine.rs): that transaction holds the store's
+-- turn, and must not wait for a lock while appends queue behind it; a NULL sends the
+-- append to wait on its own. cairn_append_event takes the lock again, which a transaction
+-- holding it gets at once.
+CREATE FUNCTION cairn_try_append_event(
+    stream_name text, stream_category text, expected_kind smallint, expected_revision bigint,
+    event_id uuid, event_type text, content_type text, metadata bytea, payload bytea)
+RETURNS bigint[]
+LANGUAGE plpgsql VOLATILE AS $$
+BEGIN
+    IF NOT pg_try_advisory_xact_lock(1667328370, hashtext(stream_name)) THEN
+        RETURN NULL;
+    END IF;
+    RETURN cairn_append_event(stream_name, stream_category, expected_kind, expected_revision,
+                              event_id, event_type, content_type, metadata, payload, false);
+END
+$$;

@@ -61,6 +61,9 @@ const APPEND_STREAM: &str = "
 
 const APPEND_EVENT: &str = "SELECT cairn_append_event($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)";
 
+const TRY_APPEND_EVENT: &str =
+    "SELECT cairn_try_append_event($1, $2, $3, $4, $5, $6, $7, $8, $9)";
+
 const APPEND_BATCH: &str = "
     SELECT outcome, actual, last_revision, last_position
     FROM cairn_append_batch($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)";
@@ -281,7 +284,7 @@ async fn write_event(
         encoded = encode_metadata(&event.metadata);
         &encoded
     };
-    let (revision, position): (i64, i64) = sqlx::query_scalar(APPEND_EVENT)
+    let pair: Vec<i64> = sqlx::query_scalar(APPEND_EVENT)
         .bind(append.stream.as_str())
         .bind(append.stream.category())
         .bind(kind)
@@ -293,18 +296,54 @@ async fn write_event(
         .bind(event.payload.as_ref())
         .bind(in_caller_tx)
         .fetch_one(&mut *conn)
-        .await
-        .and_then(|pair: Vec<i64>| match pair.as_slice() {
-            [revision, position] => Ok((*revision, *position)),
-            _ => Err(sqlx::Error::Protocol(format!(
-                "cairn_append_event returned {} values instead of 2",
-                pair.len()
-            ))),
-        })?;
-    Ok(vec![AppendResult {
-        revision: to_revision(revision),
-        position: to_position(position),
-    }])
+        .await?;
+    Ok(vec![event_result(&pair)?])
+}
+
+/// A single-event append in autocommit that does not wait for its stream: one call of
+/// `cairn_try_append_event`. `None` when another transaction holds the stream (nothing was
+/// written); an error as `cairn_append_event` raises it (nothing was written either,
+/// unless the connection failed).
+pub(crate) async fn try_write_event(
+    conn: &mut PgConnection,
+    append: &StreamAppend,
+    event: &EventData,
+) -> Result<Option<AppendResult>, sqlx::Error> {
+    let (kind, revision) = expectation(append.expected);
+    let encoded;
+    let metadata: &[u8] = if event.metadata.is_empty() {
+        EMPTY_METADATA
+    } else {
+        encoded = encode_metadata(&event.metadata);
+        &encoded
+    };
+    let pair: Option<Vec<i64>> = sqlx::query_scalar(TRY_APPEND_EVENT)
+        .bind(append.stream.as_str())
+        .bind(append.stream.category())
+        .bind(kind)
+        .bind(revision)
+        .bind(event.id)
+        .bind(event.event_type.as_str())
+        .bind(event.content_type.as_str())
+        .bind(metadata)
+        .bind(event.payload.as_ref())
+        .fetch_one(&mut *conn)
+        .await?;
+    pair.map(|pair| event_result(&pair)).transpose()
+}
+
+/// The result of `cairn_append_event`: the pair {last revision, last position}.
+fn event_result(pair: &[i64]) -> Result<AppendResult, sqlx::Error> {
+    match pair {
+        [revision, position] => Ok(AppendResult {
+            revision: to_revision(*revision),
+            position: to_position(*position),
+        }),
+        _ => Err(sqlx::Error::Protocol(format!(
+            "cairn_append_event returned {} values instead of 2",
+            pair.len()
+        ))),
+    }
 }
 
 /// An append to one stream: one call of `cairn_append_stream`, one result row.

@@ -7,7 +7,8 @@
 //!
 //! - one of more than [`MAX_EVENTS_TO_COMBINE`] events runs alone, uncounted;
 //! - one that finds fewer than [`PgOptions::append_transactions`] append transactions in
-//!   flight runs at once, as a batch of one: a lone writer does not wait;
+//!   flight runs at once (`cairn_try_append_event` for one event, a batch of one for
+//!   several): a lone writer does not wait;
 //! - otherwise it joins the queue and waits. The next append transaction to start, when
 //!   one in flight ends, takes every queued append (in queue order, up to
 //!   [`MAX_COMBINED_EVENTS`] events) and writes them in one call of `cairn_append_batch`,
@@ -205,9 +206,8 @@ pub(crate) async fn append(
     if append.events.len() > MAX_EVENTS_TO_COMBINE {
         return one(store.append_alone(std::slice::from_ref(&append)).await);
     }
-    let (reply, result) = oneshot::channel();
-    let queued = match store.inner.combiner.enter(append) {
-        Ok(append) => Queued { append, reply },
+    let append = match store.inner.combiner.enter(append) {
+        Ok(append) => append,
         Err(result) => return answer(result).await,
     };
     let turn = Turn {
@@ -215,13 +215,50 @@ pub(crate) async fn append(
         batch: false,
         released: false,
     };
-    // A batch of one, written as batches are: it does not wait for a held stream, so this
-    // transaction never holds its turn, and the appends queued behind it, while another
-    // transaction holds the stream. If it is held, the append waits for it on its own.
-    let alone = run_batch(store, vec![queued]).await;
+    // The lone append does not wait for a held stream, so this transaction never holds
+    // its turn, and the appends queued behind it, while another transaction holds the
+    // stream. If it is held, the append leaves the turn and waits for it on its own.
+    if let [event] = append.events.as_slice() {
+        if let Some(result) = try_alone(store, &append, event).await {
+            drop(turn);
+            store.signal_commit();
+            return Ok(result);
+        }
+        drop(turn);
+        return one(store.append_alone(std::slice::from_ref(&append)).await);
+    }
+    // Several events: a batch of one, which does not wait for a held stream either.
+    let (reply, result) = oneshot::channel();
+    let alone = run_batch(store, vec![Queued { append, reply }]).await;
     drop(turn);
     run_alone(store, alone).await;
     answer(result).await
+}
+
+/// Writes a lone single-event append if its stream is free: `Some` with its result when it
+/// committed; `None` when the stream is held, or when the call failed (a refusal, a
+/// reused id, a lost connection), which leaves the caller to run the append on its own:
+/// that path tells a refusal from a retry, and an append is idempotent by its ids, so
+/// running it again after a lost connection cannot write it twice.
+async fn try_alone(
+    store: &PgStore,
+    append: &StreamAppend,
+    event: &cairn_core::EventData,
+) -> Option<AppendResult> {
+    let mut conn = store.inner.parked.acquire().await.ok()?;
+    match append::try_write_event(&mut conn, append, event).await {
+        Ok(written) => {
+            store.inner.parked.park(conn);
+            written
+        }
+        Err(error) => {
+            tracing::debug!(%error, "a lone append failed; it runs again on its own");
+            if rolled_back(&error) {
+                store.inner.parked.park(conn);
+            }
+            None
+        }
+    }
 }
 
 /// The result a queued append was sent.
