@@ -12,6 +12,10 @@
 //! does not update the stream's row). Its refusals come back as SQLSTATEs
 //! `CA001`..`CA004`, which [`refusal`] turns into the contract's errors.
 //!
+//! Appends that the store combined (see `combine.rs`) take [`write_batch`] instead: one call
+//! of `cairn_append_batch` for many appends, each to one stream, whose refusals come back
+//! as an outcome per append rather than as an error, so that the others still commit.
+//!
 //! Idempotency costs nothing on the happy path: a retried id trips the unique index on
 //! event ids, and only then (or when an expectation fails) does [`find_retry`] compare the
 //! recorded events with the request.
@@ -56,6 +60,13 @@ const APPEND_STREAM: &str = "
     FROM cairn_append_stream($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) AS r";
 
 const APPEND_EVENT: &str = "SELECT cairn_append_event($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)";
+
+const TRY_APPEND_EVENT: &str =
+    "SELECT cairn_try_append_event($1, $2, $3, $4, $5, $6, $7, $8, $9)";
+
+const APPEND_BATCH: &str = "
+    SELECT outcome, actual, last_revision, last_position
+    FROM cairn_append_batch($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)";
 
 const FIND_IDS: &str = "
     SELECT e.id, s.name, e.revision, e.position, e.event_type, e.content_type, e.metadata,
@@ -273,7 +284,7 @@ async fn write_event(
         encoded = encode_metadata(&event.metadata);
         &encoded
     };
-    let (revision, position): (i64, i64) = sqlx::query_scalar(APPEND_EVENT)
+    let pair: Vec<i64> = sqlx::query_scalar(APPEND_EVENT)
         .bind(append.stream.as_str())
         .bind(append.stream.category())
         .bind(kind)
@@ -285,18 +296,54 @@ async fn write_event(
         .bind(event.payload.as_ref())
         .bind(in_caller_tx)
         .fetch_one(&mut *conn)
-        .await
-        .and_then(|pair: Vec<i64>| match pair.as_slice() {
-            [revision, position] => Ok((*revision, *position)),
-            _ => Err(sqlx::Error::Protocol(format!(
-                "cairn_append_event returned {} values instead of 2",
-                pair.len()
-            ))),
-        })?;
-    Ok(vec![AppendResult {
-        revision: to_revision(revision),
-        position: to_position(position),
-    }])
+        .await?;
+    Ok(vec![event_result(&pair)?])
+}
+
+/// A single-event append in autocommit that does not wait for its stream: one call of
+/// `cairn_try_append_event`. `None` when another transaction holds the stream (nothing was
+/// written); an error as `cairn_append_event` raises it (nothing was written either,
+/// unless the connection failed).
+pub(crate) async fn try_write_event(
+    conn: &mut PgConnection,
+    append: &StreamAppend,
+    event: &EventData,
+) -> Result<Option<AppendResult>, sqlx::Error> {
+    let (kind, revision) = expectation(append.expected);
+    let encoded;
+    let metadata: &[u8] = if event.metadata.is_empty() {
+        EMPTY_METADATA
+    } else {
+        encoded = encode_metadata(&event.metadata);
+        &encoded
+    };
+    let pair: Option<Vec<i64>> = sqlx::query_scalar(TRY_APPEND_EVENT)
+        .bind(append.stream.as_str())
+        .bind(append.stream.category())
+        .bind(kind)
+        .bind(revision)
+        .bind(event.id)
+        .bind(event.event_type.as_str())
+        .bind(event.content_type.as_str())
+        .bind(metadata)
+        .bind(event.payload.as_ref())
+        .fetch_one(&mut *conn)
+        .await?;
+    pair.map(|pair| event_result(&pair)).transpose()
+}
+
+/// The result of `cairn_append_event`: the pair {last revision, last position}.
+fn event_result(pair: &[i64]) -> Result<AppendResult, sqlx::Error> {
+    match pair {
+        [revision, position] => Ok(AppendResult {
+            revision: to_revision(*revision),
+            position: to_position(*position),
+        }),
+        _ => Err(sqlx::Error::Protocol(format!(
+            "cairn_append_event returned {} values instead of 2",
+            pair.len()
+        ))),
+    }
 }
 
 /// An append to one stream: one call of `cairn_append_stream`, one result row.
@@ -386,6 +433,132 @@ fn refusal(error: sqlx::Error, appends: &[StreamAppend]) -> Failure {
     })
 }
 
+/// What `cairn_append_batch` decided for one append of a combined batch.
+#[derive(Debug)]
+pub(crate) enum Outcome {
+    /// Committed with the batch.
+    Applied(AppendResult),
+    /// Refused by its expectation or a tombstone. It may still be a retry of an append
+    /// recorded earlier, which [`find_retry`] tells.
+    Refused(WriteError),
+    /// Not applied: some of its event ids are recorded already (a retry, or ids reused).
+    Recorded,
+    /// Not looked at: another transaction holds its stream's lock. It is to run on its
+    /// own, where it waits for the lock.
+    Busy,
+}
+
+/// Writes `appends` (each to one stream, validated, no event id in two of them) in one
+/// call of `cairn_append_batch`, in autocommit: one transaction, whose outcomes say, per
+/// append in order, whether it was applied.
+///
+/// # Errors
+///
+/// The database's error when the call failed; nothing of the batch committed then if the
+/// error carries an SQLSTATE that is not about the connection or the server (see
+/// `combine.rs`).
+pub(crate) async fn write_batch(
+    conn: &mut PgConnection,
+    appends: &[&StreamAppend],
+) -> Result<Vec<Outcome>, sqlx::Error> {
+    let total: usize = appends.iter().map(|a| a.events.len()).sum();
+    let mut slots: HashMap<&str, i32> = HashMap::with_capacity(appends.len());
+    let mut names = Vec::with_capacity(appends.len());
+    let mut categories = Vec::with_capacity(appends.len());
+    let mut append_streams = Vec::with_capacity(appends.len());
+    let mut kinds = Vec::with_capacity(appends.len());
+    let mut revisions = Vec::with_capacity(appends.len());
+    let mut counts = Vec::with_capacity(appends.len());
+    let mut event_appends = Vec::with_capacity(total);
+    let mut ranks = Vec::with_capacity(total);
+    let mut ids = Vec::with_capacity(total);
+    let mut types = Vec::with_capacity(total);
+    let mut content_types = Vec::with_capacity(total);
+    let mut metadata = Vec::with_capacity(total);
+    let mut payloads = Vec::with_capacity(total);
+    for (index, append) in appends.iter().enumerate() {
+        let name = append.stream.as_str();
+        let slot = match slots.get(name) {
+            Some(slot) => *slot,
+            None => {
+                names.push(name);
+                categories.push(append.stream.category());
+                let slot = i32::try_from(names.len()).unwrap_or(i32::MAX);
+                slots.insert(name, slot);
+                slot
+            }
+        };
+        append_streams.push(slot);
+        let (kind, revision) = expectation(append.expected);
+        kinds.push(kind);
+        revisions.push(revision);
+        counts.push(i32::try_from(append.events.len()).unwrap_or(i32::MAX));
+        let number = i32::try_from(index + 1).unwrap_or(i32::MAX);
+        for (rank, event) in append.events.iter().enumerate() {
+            event_appends.push(number);
+            ranks.push(i32::try_from(rank).unwrap_or(i32::MAX));
+            ids.push(event.id);
+            types.push(event.event_type.as_str());
+            content_types.push(event.content_type.as_str());
+            metadata.push(encode_metadata(&event.metadata));
+            payloads.push(event.payload.as_ref());
+        }
+    }
+    let rows = sqlx::query(APPEND_BATCH)
+        .bind(&names)
+        .bind(&categories)
+        .bind(&append_streams)
+        .bind(&kinds)
+        .bind(&revisions)
+        .bind(&counts)
+        .bind(&event_appends)
+        .bind(&ranks)
+        .bind(&ids)
+        .bind(&types)
+        .bind(&content_types)
+        .bind(&metadata)
+        .bind(&payloads)
+        .fetch_all(&mut *conn)
+        .await?;
+    if rows.len() != appends.len() {
+        return Err(sqlx::Error::Protocol(format!(
+            "a batch of {} appends returned {} outcomes",
+            appends.len(),
+            rows.len()
+        )));
+    }
+    let mut outcomes = Vec::with_capacity(rows.len());
+    for (row, append) in rows.iter().zip(appends) {
+        let outcome: i16 = row.try_get(0)?;
+        let stream = append.stream.clone();
+        outcomes.push(match outcome {
+            0 => Outcome::Applied(AppendResult {
+                revision: to_revision(row.try_get(2)?),
+                position: to_position(row.try_get(3)?),
+            }),
+            1 => {
+                let actual: Option<i64> = row.try_get(1)?;
+                Outcome::Refused(WriteError::WrongExpectedRevision {
+                    stream,
+                    expected: append.expected,
+                    actual: actual.map_or(CurrentRevision::NoStream, |revision| {
+                        CurrentRevision::Revision(to_revision(revision))
+                    }),
+                })
+            }
+            2 => Outcome::Refused(WriteError::StreamDeleted { stream }),
+            3 => Outcome::Recorded,
+            4 => Outcome::Busy,
+            other => {
+                return Err(sqlx::Error::Protocol(format!(
+                    "a batch returned the unknown outcome {other}"
+                )));
+            }
+        });
+    }
+    Ok(outcomes)
+}
+
 /// A stream's state as its writer sees it once it holds the stream.
 #[derive(Clone, Copy)]
 pub(crate) struct Locked {
@@ -446,7 +619,7 @@ fn collect_locked(
 /// Decides whether `appends` is a retry of an append already recorded: `Some(results)`
 /// when every event is recorded exactly as this request would record it, `None` when none
 /// is, [`WriteError::EventIdReused`] when some are or differ.
-async fn find_retry(
+pub(crate) async fn find_retry(
     store: &PgStore,
     conn: &mut PgConnection,
     appends: &[StreamAppend],

@@ -47,7 +47,8 @@
 //! `cairn_events` one row per event, keyed by position, unique by event id and by (stream,
 //! revision). The functions `cairn_append_event`, `cairn_append_stream` and `cairn_append`
 //! write appends of one event, of several to one stream and to several streams (one round
-//! trip each), `cairn_lock_streams` takes the per-stream write locks for lifecycle
+//! trip each), `cairn_append_batch` many combined appends in one transaction,
+//! `cairn_lock_streams` takes the per-stream write locks for lifecycle
 //! changes, and `cairn_read_all` reads a page of `$all` with its release horizon.
 //!
 //! # Gap safety: positions from transaction ids
@@ -70,6 +71,17 @@
 //! [`MAX_EVENTS_PER_TRANSACTION`] events, and positions stay within `bigint` for 2^43
 //! transaction ids of the cluster's life.
 //!
+//! # Concurrent appends share a transaction
+//!
+//! Appends to one stream that run concurrently on one store (outside the caller's
+//! transaction) are combined: one that finds [`PgOptions::append_transactions`] append
+//! transactions in flight queues, and the next transaction to start writes every queued
+//! append in one call and one commit (`cairn_append_batch`), each judged on its own, in
+//! queue order. A lone writer runs at once. A combined transaction never waits for a
+//! stream's lock: appends to a stream another transaction holds run on their own, so a
+//! held stream holds up only its own writers. An append is acknowledged only after the
+//! transaction that wrote it committed; see `combine.rs` for the failure cases.
+//!
 //! # Live subscriptions
 //!
 //! Subscriptions use the shared driver of `cairn-core`; they are woken by this process's
@@ -90,6 +102,7 @@
 
 mod append;
 pub mod checkpoints;
+mod combine;
 mod error;
 pub mod inbox;
 mod lifecycle;
@@ -102,9 +115,10 @@ pub mod schema;
 mod store;
 
 pub use append::MAX_EVENTS_PER_TRANSACTION;
+pub use combine::{MAX_COMBINED_EVENTS, MAX_EVENTS_TO_COMBINE};
 pub use error::{ConnectError, SchemaError, TableError, redact_url};
 pub use notify::CHANNEL;
-pub use options::PgOptions;
+pub use options::{DEFAULT_APPEND_TRANSACTIONS, PgOptions};
 pub use schema::SCHEMA_VERSION;
 pub use store::PgStore;
 

@@ -46,7 +46,34 @@ pub struct PgOptions {
     pub migrate: bool,
     /// The limits enforced on appends.
     pub limits: StoreLimits,
+    /// How many append transactions run side by side before further appends are
+    /// combined (at least 1; the default is [`DEFAULT_APPEND_TRANSACTIONS`]).
+    ///
+    /// An append to one stream of at most
+    /// [`MAX_EVENTS_TO_COMBINE`](crate::MAX_EVENTS_TO_COMBINE) events, outside the caller's
+    /// transaction, that finds fewer
+    /// transactions of appends in flight on this store runs at once, alone. One that finds
+    /// this many waits in a queue; the next append transaction to start takes every
+    /// queued append (up to [`MAX_COMBINED_EVENTS`](crate::MAX_COMBINED_EVENTS) events)
+    /// and writes them in one database call and one transaction, so that they share one
+    /// commit. Each is still judged on its own: a refusal refuses that append only. A lone
+    /// writer never waits; many writers trade a little latency for far fewer commits.
+    /// Appends to several streams and appends in the caller's transaction are never
+    /// combined.
+    ///
+    /// A counted transaction never waits for a stream's lock: an append to a stream that
+    /// another transaction holds (a long transaction around [`PgStore::append_in_tx`], a
+    /// lifecycle change) leaves the count and waits for the lock on its own, so a held
+    /// stream holds up only its own writers.
+    ///
+    /// [`PgStore::append_in_tx`]: crate::PgStore::append_in_tx
+    pub append_transactions: usize,
 }
+
+/// The default of [`PgOptions::append_transactions`]: one, chosen by measurement with
+/// `cairn bench --store postgres --workload custom --writers 32 --batch 1` against 2, 4
+/// and 8 (see BENCHMARKS.md): one transaction at a time takes the most appends per commit.
+pub const DEFAULT_APPEND_TRANSACTIONS: usize = 1;
 
 impl Default for PgOptions {
     fn default() -> Self {
@@ -59,6 +86,7 @@ impl Default for PgOptions {
             subscription_retry: Duration::from_secs(60),
             migrate: true,
             limits: StoreLimits::default(),
+            append_transactions: DEFAULT_APPEND_TRANSACTIONS,
         }
     }
 }
@@ -117,6 +145,13 @@ impl PgOptions {
     #[must_use]
     pub fn limits(mut self, limits: StoreLimits) -> Self {
         self.limits = limits;
+        self
+    }
+
+    /// Sets [`append_transactions`](Self::append_transactions) (at least 1).
+    #[must_use]
+    pub fn append_transactions(mut self, transactions: usize) -> Self {
+        self.append_transactions = transactions.max(1);
         self
     }
 }

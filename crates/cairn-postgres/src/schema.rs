@@ -43,10 +43,15 @@ const MIGRATIONS: &[Migration] = &[
         name: "single-event appends",
         sql: include_str!("../migrations/0005_append_event.sql"),
     },
+    Migration {
+        version: 6,
+        name: "combined appends",
+        sql: include_str!("../migrations/0006_append_batch.sql"),
+    },
 ];
 
 /// The schema version this build creates and understands.
-pub const SCHEMA_VERSION: i32 = 5;
+pub const SCHEMA_VERSION: i32 = 6;
 
 /// The advisory lock key that serializes migrators of one database ("cairnmig").
 const MIGRATION_LOCK: i64 = 0x6361_6972_6e6d_6967;

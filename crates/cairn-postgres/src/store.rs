@@ -20,12 +20,13 @@ use sqlx::{Connection, PgConnection, PgPool, Postgres, Transaction};
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 
+use crate::combine::Combiner;
 use crate::error::{ConnectError, SchemaError, redact_url, storage};
 use crate::notify::{PgSignal, spawn_listener, spawn_notifier};
 use crate::options::PgOptions;
 use crate::parking::{Parked, spawn_reaper};
 use crate::schema::{SCHEMA_VERSION, migrate, schema_version};
-use crate::{append, lifecycle, read};
+use crate::{append, combine, lifecycle, read};
 
 /// How long a pooled connection sits idle before it is pinged when next acquired.
 const IDLE_BEFORE_PING: Duration = Duration::from_secs(10);
@@ -51,7 +52,9 @@ pub struct PgStore {
 pub(crate) struct Inner {
     pub(crate) pool: PgPool,
     /// The pool's connections that appends keep between them (see `parking.rs`).
-    parked: Arc<Parked>,
+    pub(crate) parked: Arc<Parked>,
+    /// Concurrent appends waiting to share a transaction (see `combine.rs`).
+    pub(crate) combiner: Combiner,
     pub(crate) options: PgOptions,
     /// The connection string without its password, for messages.
     url: String,
@@ -181,6 +184,10 @@ impl PgStore {
             inner: Arc::new(Inner {
                 pool,
                 parked,
+                combiner: Combiner::new(
+                    options.append_transactions,
+                    tokio::runtime::Handle::current(),
+                ),
                 options,
                 url: redacted,
                 changes,
@@ -318,27 +325,20 @@ impl PgStore {
     }
 }
 
-fn retryable(error: &StorageError) -> bool {
-    matches!(
-        error.kind(),
-        StorageErrorKind::Unavailable | StorageErrorKind::Io
-    )
-}
-
-#[async_trait]
-impl EventStore for PgStore {
-    async fn append_multi(
+impl PgStore {
+    /// Appends `appends` (validated) in a transaction of its own on a parked or pooled
+    /// connection, and wakes subscribers once it committed.
+    pub(crate) async fn append_alone(
         &self,
-        appends: Vec<StreamAppend>,
+        appends: &[StreamAppend],
     ) -> Result<Vec<AppendResult>, WriteError> {
-        validate_appends(&appends, self.inner.options.limits)?;
         let mut conn = self
             .inner
             .parked
             .acquire()
             .await
             .map_err(|error| self.storage("appending", error))?;
-        let appended = append::append_on(self, &mut conn, &appends, false).await;
+        let appended = append::append_on(self, &mut conn, appends, false).await;
         // The append ran to its end. After a storage error the connection may be broken:
         // the pool checks it; otherwise it is parked for the next append. (A cancelled
         // append drops its connection into the pool, which checks it too.)
@@ -350,6 +350,31 @@ impl EventStore for PgStore {
         let results = appended?;
         self.signal_commit();
         Ok(results)
+    }
+}
+
+fn retryable(error: &StorageError) -> bool {
+    matches!(
+        error.kind(),
+        StorageErrorKind::Unavailable | StorageErrorKind::Io
+    )
+}
+
+#[async_trait]
+impl EventStore for PgStore {
+    async fn append_multi(
+        &self,
+        mut appends: Vec<StreamAppend>,
+    ) -> Result<Vec<AppendResult>, WriteError> {
+        validate_appends(&appends, self.inner.options.limits)?;
+        if appends.len() == 1
+            && let Some(append) = appends.pop()
+        {
+            return combine::append(self, append)
+                .await
+                .map(|result| vec![result]);
+        }
+        self.append_alone(&appends).await
     }
 
     async fn read_stream(

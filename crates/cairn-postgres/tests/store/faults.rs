@@ -107,7 +107,7 @@ async fn a_revision_taken_behind_the_stores_back_is_a_conflict_with_the_actual_r
 }
 
 /// The backend of the first session of the test database waiting on a lock.
-async fn waiting_backend(admin: &mut sqlx::PgConnection) -> i32 {
+pub(crate) async fn waiting_backend(admin: &mut sqlx::PgConnection) -> i32 {
     for _ in 0..200 {
         let pid: Option<i32> = sqlx::query_scalar(
             "SELECT pid FROM pg_stat_activity

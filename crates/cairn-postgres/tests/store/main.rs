@@ -6,6 +6,7 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod combine;
 mod faults;
 mod gaps;
 mod live;
