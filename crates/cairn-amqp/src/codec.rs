@@ -21,7 +21,7 @@
 //! be decoded: the subscription rejects it to the group's dead-letter queue.
 
 use bytes::Bytes;
-use cairn_bus::{Headers, Message, TransportError};
+use cairn_bus::{CompactString, Headers, Message, TransportError};
 use lapin::BasicProperties;
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 
@@ -116,7 +116,7 @@ pub(crate) fn decode(
     let text = |value: &Option<ShortString>| {
         value
             .as_ref()
-            .map_or_else(String::new, |value| value.as_str().to_owned())
+            .map_or_else(CompactString::default, |value| value.as_str().into())
     };
     let mut headers = Headers::new();
     let mut key = None;
@@ -125,7 +125,7 @@ pub(crate) fn decode(
     if let Some(table) = properties.headers() {
         for (name, value) in table.inner() {
             match name.as_str() {
-                KEY => key = string(value),
+                KEY => key = string(value).map(CompactString::from),
                 ATTEMPTS => before = count(value).unwrap_or(0),
                 DELIVERY_COUNT => redeliveries = count(value),
                 name if reserved(name) => {}

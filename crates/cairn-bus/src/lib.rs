@@ -119,6 +119,7 @@ pub mod timeout;
 pub mod trace;
 pub mod transport;
 
+pub use cairn_core::CompactString;
 pub use consumer::{Consumer, ConsumerOptions, ConsumerSummary};
 pub use handler::{HandlerError, Incoming};
 pub use message::{Headers, Message};

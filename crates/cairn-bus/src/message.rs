@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use bytes::Bytes;
+use cairn_core::CompactString;
 use serde::Serialize;
 use uuid::Uuid;
 
@@ -26,14 +27,14 @@ pub struct Message {
     pub id: Uuid,
     /// CloudEvents `type`: what the message means, e.g. `order.placed`; the router
     /// dispatches on it.
-    pub message_type: String,
+    pub message_type: CompactString,
     /// CloudEvents `source`: who sent it, e.g. `/orders` or `cairn://store/orders-42`.
-    pub source: String,
+    pub source: CompactString,
     /// The ordering key (CloudEvents `subject`, a Kafka record key): messages with the same
     /// key are handled one at a time, in order, by the ordered-concurrency middleware.
-    pub key: Option<String>,
+    pub key: Option<CompactString>,
     /// CloudEvents `datacontenttype` of `payload`.
-    pub content_type: String,
+    pub content_type: CompactString,
     /// Everything else: `traceparent`, `correlationid`, `causationid`, application headers.
     pub headers: Headers,
     /// The body, as bytes.
@@ -42,13 +43,13 @@ pub struct Message {
 
 impl Message {
     /// A message with a fresh UUID v7 id, no source, no key, no headers.
-    pub fn new(message_type: impl Into<String>, payload: impl Into<Bytes>) -> Self {
+    pub fn new(message_type: impl Into<CompactString>, payload: impl Into<Bytes>) -> Self {
         Self {
             id: cairn_core::new_id(),
             message_type: message_type.into(),
-            source: String::new(),
+            source: CompactString::const_new(""),
             key: None,
-            content_type: JSON.to_owned(),
+            content_type: CompactString::const_new(JSON),
             headers: Headers::new(),
             payload: payload.into(),
         }
@@ -60,7 +61,7 @@ impl Message {
     ///
     /// When `body` cannot be serialized.
     pub fn json(
-        message_type: impl Into<String>,
+        message_type: impl Into<CompactString>,
         body: &impl Serialize,
     ) -> Result<Self, serde_json::Error> {
         Ok(Self::new(message_type, serde_json::to_vec(body)?))
@@ -75,21 +76,21 @@ impl Message {
 
     /// Sets the ordering key.
     #[must_use]
-    pub fn with_key(mut self, key: impl Into<String>) -> Self {
+    pub fn with_key(mut self, key: impl Into<CompactString>) -> Self {
         self.key = Some(key.into());
         self
     }
 
     /// Sets the source.
     #[must_use]
-    pub fn with_source(mut self, source: impl Into<String>) -> Self {
+    pub fn with_source(mut self, source: impl Into<CompactString>) -> Self {
         self.source = source.into();
         self
     }
 
     /// Sets the content type.
     #[must_use]
-    pub fn with_content_type(mut self, content_type: impl Into<String>) -> Self {
+    pub fn with_content_type(mut self, content_type: impl Into<CompactString>) -> Self {
         self.content_type = content_type.into();
         self
     }
@@ -114,7 +115,7 @@ impl Message {
             + headers
             + self.message_type.len()
             + self.source.len()
-            + self.key.as_ref().map_or(0, String::len)
+            + self.key.as_ref().map_or(0, |key| key.len())
             + self.content_type.len()
             + 16
     }

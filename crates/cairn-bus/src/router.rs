@@ -92,7 +92,7 @@ impl Router {
                 Ok(body) => handler(body, incoming).boxed(),
                 Err(source) => {
                     let error = HandlerError::Decode {
-                        message_type: incoming.message.message_type.clone(),
+                        message_type: incoming.message.message_type.to_string(),
                         target: std::any::type_name::<T>(),
                         source,
                     };
@@ -189,7 +189,7 @@ impl Service<Incoming> for Router {
             Some(route) => route(incoming),
             None => {
                 let error = HandlerError::NoRoute {
-                    message_type: incoming.message.message_type.clone(),
+                    message_type: incoming.message.message_type.to_string(),
                     topic: incoming.topic.to_string(),
                 };
                 futures::future::ready(Err(error)).boxed()

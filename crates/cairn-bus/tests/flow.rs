@@ -35,7 +35,7 @@ async fn ordered_dead_letters_and_dedup_stack_in_one_consumer() {
                 handled
                     .lock()
                     .unwrap()
-                    .push(incoming.message.message_type.clone());
+                    .push(incoming.message.message_type.to_string());
                 Ok(())
             }
         })

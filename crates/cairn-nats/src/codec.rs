@@ -29,7 +29,7 @@ use std::hash::{DefaultHasher, Hash, Hasher};
 use async_nats::HeaderMap;
 use async_nats::header::{HeaderName, HeaderValue};
 use bytes::Bytes;
-use cairn_bus::Message;
+use cairn_bus::{CompactString, Message};
 use uuid::Uuid;
 
 /// The header carrying the message id (JetStream's de-duplication key).
@@ -109,10 +109,10 @@ pub(crate) fn decode(
 ) -> Message {
     let mut message = Message {
         id: Uuid::nil(),
-        message_type: String::new(),
-        source: String::new(),
+        message_type: CompactString::default(),
+        source: CompactString::default(),
         key: None,
-        content_type: String::new(),
+        content_type: CompactString::default(),
         headers: cairn_bus::Headers::new(),
         payload,
     };
@@ -134,10 +134,10 @@ pub(crate) fn decode(
                 }
                 _ => match name.strip_prefix(ESCAPED_ATTRIBUTE) {
                     Some(attribute) => {
-                        set_attribute(&mut message, attribute, unpercent(last.as_str()));
+                        set_attribute(&mut message, attribute, &unpercent(last.as_str()));
                     }
                     None => {
-                        if !set_attribute(&mut message, name, last.as_str().to_owned()) {
+                        if !set_attribute(&mut message, name, last.as_str()) {
                             message
                                 .headers
                                 .insert(name.to_owned(), last.as_str().to_owned());
@@ -152,12 +152,12 @@ pub(crate) fn decode(
 }
 
 /// Sets the attribute carried by header `name`; false when `name` names no attribute.
-fn set_attribute(message: &mut Message, name: &str, value: String) -> bool {
+fn set_attribute(message: &mut Message, name: &str, value: &str) -> bool {
     match name {
-        TYPE => message.message_type = value,
-        SOURCE => message.source = value,
-        KEY => message.key = Some(value),
-        CONTENT_TYPE => message.content_type = value,
+        TYPE => message.message_type = value.into(),
+        SOURCE => message.source = value.into(),
+        KEY => message.key = Some(value.into()),
+        CONTENT_TYPE => message.content_type = value.into(),
         _ => return false,
     }
     true

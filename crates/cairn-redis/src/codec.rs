@@ -68,7 +68,7 @@ use std::fmt;
 use std::hash::{BuildHasher, Hasher, RandomState};
 
 use bytes::Bytes;
-use cairn_bus::{Headers, Message};
+use cairn_bus::{CompactString, Headers, Message};
 use redis::{Cmd, Value};
 use uuid::Uuid;
 
@@ -307,7 +307,7 @@ pub(crate) fn encode_meta(message: &Message, out: &mut Vec<u8>) {
         20 + message.message_type.len()
             + message.source.len()
             + message.content_type.len()
-            + message.key.as_ref().map_or(0, String::len)
+            + message.key.as_ref().map_or(0, |key| key.len())
             + message
                 .headers
                 .iter()
@@ -366,11 +366,11 @@ pub(crate) fn decode_meta(meta: &[u8], payload: Bytes) -> Result<Message, MetaEr
             problem: "unknown flags are set",
         });
     }
-    let message_type = cursor.text()?.to_owned();
-    let source = cursor.text()?.to_owned();
-    let content_type = cursor.text()?.to_owned();
+    let message_type = CompactString::from(cursor.text()?);
+    let source = CompactString::from(cursor.text()?);
+    let content_type = CompactString::from(cursor.text()?);
     let key = if flags & HAS_KEY != 0 {
-        Some(cursor.text()?.to_owned())
+        Some(CompactString::from(cursor.text()?))
     } else {
         None
     };
@@ -580,10 +580,10 @@ fn read_fields(entry: EntryId, fields: Vec<Value>) -> Message {
     }
     Message {
         id: id.unwrap_or_else(|| Uuid::from_u64_pair(entry.ms, entry.seq)),
-        message_type,
-        source,
-        key,
-        content_type,
+        message_type: message_type.into(),
+        source: source.into(),
+        key: key.map(CompactString::from),
+        content_type: content_type.into(),
         headers,
         payload,
     }

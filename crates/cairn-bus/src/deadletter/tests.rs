@@ -46,13 +46,22 @@ impl Handler {
                     gate.acquire().await.unwrap().forget();
                 }
                 let message_type = &incoming.message.message_type;
-                if handler.failing.lock().unwrap().contains(message_type) {
+                if handler
+                    .failing
+                    .lock()
+                    .unwrap()
+                    .contains(message_type.as_str())
+                {
                     return Err(HandlerError::Exhausted {
                         attempts: 3,
                         last: Box::new(HandlerError::transient("ledger unreachable")),
                     });
                 }
-                handler.handled.lock().unwrap().push(message_type.clone());
+                handler
+                    .handled
+                    .lock()
+                    .unwrap()
+                    .push(message_type.to_string());
                 Ok(())
             }
         })
@@ -103,7 +112,7 @@ impl Setup {
             .await
             .unwrap()
             .into_iter()
-            .map(|parked| parked.message.message_type.clone())
+            .map(|parked| parked.message.message_type.to_string())
             .collect()
     }
 }
@@ -369,7 +378,7 @@ async fn list_filters_by_topic_key_and_page() {
     let types = |parked: Vec<Parked>| -> Vec<String> {
         parked
             .iter()
-            .map(|p| p.message.message_type.clone())
+            .map(|p| p.message.message_type.to_string())
             .collect()
     };
     let by_key = s.letters.list(&ListFilter::new().key("a")).await.unwrap();

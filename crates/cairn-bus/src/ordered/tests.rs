@@ -34,10 +34,10 @@ fn handler(
         let seen = Arc::clone(&seen);
         async move {
             let message = &incoming.message;
-            let key = message.key.clone().unwrap_or_default();
+            let key = message.key.as_deref().unwrap_or_default().to_owned();
             {
                 let mut seen = seen.lock().unwrap();
-                seen.started.push(message.message_type.clone());
+                seen.started.push(message.message_type.to_string());
                 seen.running += 1;
                 seen.most_running = seen.most_running.max(seen.running);
                 let per_key = seen.running_per_key.entry(key.clone()).or_default();
@@ -61,7 +61,7 @@ fn handler(
 
 fn message(name: &str, key: Option<&str>, millis: &str) -> Incoming {
     let mut message = Message::new(name, millis.to_owned());
-    message.key = key.map(str::to_owned);
+    message.key = key.map(Into::into);
     Incoming::new("orders", message)
 }
 

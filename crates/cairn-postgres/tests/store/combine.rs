@@ -419,7 +419,11 @@ async fn a_lost_connection_fails_every_append_of_its_batch_and_commits_none() {
     let db = TestDb::create().await;
     let store = one_at_a_time(&db).await;
     store
-        .append(&name("bystander"), ExpectedRevision::NoStream, vec![event(0)])
+        .append(
+            &name("bystander"),
+            ExpectedRevision::NoStream,
+            vec![event(0)],
+        )
         .await
         .unwrap();
     let streams: Vec<StreamName> = (0..3).map(|n| name(&format!("lost-{n}"))).collect();
@@ -516,7 +520,15 @@ async fn a_held_stream_holds_up_only_its_own_appends() {
     let streams: Vec<StreamName> = (0..3).map(|n| name(&format!("other-{n}"))).collect();
     let mut queued = Vec::new();
     for (n, stream) in streams.iter().enumerate() {
-        queued.push(queue(&store, stream, ExpectedRevision::NoStream, vec![event(n + 3)]).await);
+        queued.push(
+            queue(
+                &store,
+                stream,
+                ExpectedRevision::NoStream,
+                vec![event(n + 3)],
+            )
+            .await,
+        );
     }
     held.release().await;
     let combined: Vec<AppendResult> = tokio::time::timeout(
@@ -532,7 +544,10 @@ async fn a_held_stream_holds_up_only_its_own_appends() {
         combined.iter().all(|r| xid(r) == xid(&combined[0])),
         "the queued appends shared a transaction: {combined:?}"
     );
-    assert!(!waiting.is_finished(), "the held stream's append still waits");
+    assert!(
+        !waiting.is_finished(),
+        "the held stream's append still waits"
+    );
     sqlx::raw_sql("COMMIT").execute(&mut blocker).await.unwrap();
     let late = waiting.await.unwrap().unwrap();
     assert!(late.position > alone.position);

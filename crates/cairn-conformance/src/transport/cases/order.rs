@@ -48,7 +48,7 @@ pub(crate) async fn per_key_order<F: TransportFactory>(
         rest = tail;
     }
 
-    let mut seen: HashMap<String, Vec<usize>> = HashMap::new();
+    let mut seen: HashMap<cairn_core::CompactString, Vec<usize>> = HashMap::new();
     for index in 0..COUNT {
         let delivery = next_delivery(
             &mut deliveries,
@@ -60,7 +60,7 @@ pub(crate) async fn per_key_order<F: TransportFactory>(
         let so_far = seen.entry(key.clone()).or_default();
         let position = so_far.len();
         let wanted = expected
-            .get(&key)
+            .get(key.as_str())
             .and_then(|list| list.get(position))
             .copied();
         ensure!(
