@@ -252,8 +252,11 @@ pub(crate) fn encode_event(
     fixed[16..24].copy_from_slice(&revision.0.to_le_bytes());
     fixed[24..32].copy_from_slice(&recorded.as_micros().to_le_bytes());
     fixed[32..48].copy_from_slice(data.id.as_bytes());
-    fixed[48..52]
-        .copy_from_slice(&u32::try_from(metadata_len).unwrap_or(u32::MAX).to_le_bytes());
+    fixed[48..52].copy_from_slice(
+        &u32::try_from(metadata_len)
+            .unwrap_or(u32::MAX)
+            .to_le_bytes(),
+    );
     fixed[52..56].copy_from_slice(
         &u32::try_from(data.payload.len())
             .unwrap_or(u32::MAX)

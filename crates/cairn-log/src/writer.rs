@@ -698,13 +698,11 @@ impl Planner {
         let number = self.batch_number;
         // Sized up front: growing them event by event copied each several times.
         self.overlay.ids.reserve(events);
-        self.overlay
-            .batches
-            .push_back((
-                number,
-                Vec::with_capacity(events),
-                Vec::with_capacity(commands.len()),
-            ));
+        self.overlay.batches.push_back((
+            number,
+            Vec::with_capacity(events),
+            Vec::with_capacity(commands.len()),
+        ));
         let mut buf = std::mem::take(&mut self.spare);
         buf.clear();
         let mut batch = Batch {

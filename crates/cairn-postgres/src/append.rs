@@ -61,8 +61,7 @@ const APPEND_STREAM: &str = "
 
 const APPEND_EVENT: &str = "SELECT cairn_append_event($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)";
 
-const TRY_APPEND_EVENT: &str =
-    "SELECT cairn_try_append_event($1, $2, $3, $4, $5, $6, $7, $8, $9)";
+const TRY_APPEND_EVENT: &str = "SELECT cairn_try_append_event($1, $2, $3, $4, $5, $6, $7, $8, $9)";
 
 const APPEND_BATCH: &str = "
     SELECT outcome, actual, last_revision, last_position

@@ -23,8 +23,8 @@ use hashbrown::hash_table;
 use tokio::sync::oneshot;
 
 use super::slots::Slots;
-use cairn_core::KeyedHash;
 use crate::message::Message;
+use cairn_core::KeyedHash;
 
 /// A message with an ordering key, compared by that key.
 #[derive(Debug, Clone)]

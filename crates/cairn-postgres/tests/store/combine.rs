@@ -419,7 +419,11 @@ async fn a_lost_connection_fails_every_append_of_its_batch_and_commits_none() {
     let db = TestDb::create().await;
     let store = one_at_a_time(&db).await;
     store
-        .append(&name("bystander"), ExpectedRevision::NoStream, vec![event(0)])
+        .append(
+            &name("bystander"),
+            ExpectedRevision::NoStream,
+            vec![event(0)],
+        )
         .await
         .unwrap();
     let streams: Vec<StreamName> = (0..3).map(|n| name(&format!("lost-{n}"))).collect();
@@ -516,7 +520,15 @@ async fn a_held_stream_holds_up_only_its_own_appends() {
     let streams: Vec<StreamName> = (0..3).map(|n| name(&format!("other-{n}"))).collect();
     let mut queued = Vec::new();
     for (n, stream) in streams.iter().enumerate() {
-        queued.push(queue(&store, stream, ExpectedRevision::NoStream, vec![event(n + 3)]).await);
+        queued.push(
+            queue(
+                &store,
+                stream,
+                ExpectedRevision::NoStream,
+                vec![event(n + 3)],
+            )
+            .await,
+        );
     }
     held.release().await;
     let combined: Vec<AppendResult> = tokio::time::timeout(
@@ -532,7 +544,10 @@ async fn a_held_stream_holds_up_only_its_own_appends() {
         combined.iter().all(|r| xid(r) == xid(&combined[0])),
         "the queued appends shared a transaction: {combined:?}"
     );
-    assert!(!waiting.is_finished(), "the held stream's append still waits");
+    assert!(
+        !waiting.is_finished(),
+        "the held stream's append still waits"
+    );
     sqlx::raw_sql("COMMIT").execute(&mut blocker).await.unwrap();
     let late = waiting.await.unwrap().unwrap();
     assert!(late.position > alone.position);
@@ -609,4 +624,41 @@ async fn a_batch_the_database_rolled_back_runs_its_appends_alone() {
     assert_eq!(stream_ids(&store, &streams[2]).await.len(), 1);
     let info = store.stream_info(&streams[1]).await.unwrap();
     assert_eq!(info.state, StreamState::NoStream);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_stays_within_the_size_one_database_call_can_carry() {
+    // PostgreSQL takes no message of 1 GiB or more. Each of these appends is well within
+    // the store's limits and a tenth of that; queued together they are more.
+    const EVENT: usize = 40 << 20;
+    const APPENDS: usize = 28;
+    let db = TestDb::create().await;
+    let limits = cairn_core::StoreLimits {
+        max_event_size: EVENT,
+    };
+    let store = db
+        .store_with(test_options().append_transactions(1).limits(limits))
+        .await;
+    let held = Held::new(&db, &store).await;
+    let payload = cairn_core::Bytes::from(vec![b'7'; EVENT - 64]);
+    let streams: Vec<StreamName> = (0..APPENDS).map(|n| name(&format!("large-{n}"))).collect();
+    let mut queued = Vec::new();
+    for stream in &streams {
+        let event = EventData::new("Large", payload.clone());
+        queued.push(queue(&store, stream, ExpectedRevision::NoStream, vec![event]).await);
+    }
+    held.release().await;
+    for (result, stream) in futures::future::join_all(queued).await.iter().zip(&streams) {
+        assert!(result.is_ok(), "{stream}: {result:?}");
+    }
+    for stream in &streams {
+        let info = store.stream_info(stream).await.unwrap();
+        assert_eq!(
+            info.state,
+            StreamState::Active {
+                last_revision: Revision(0)
+            },
+            "{stream}"
+        );
+    }
 }
