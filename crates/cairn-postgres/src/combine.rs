@@ -192,8 +192,10 @@ impl Drop for Turn {
         }
         if self.batch {
             // A batch task ended before the queue did: it panicked, or the runtime is
-            // shutting down. Its queued appends were never sent; they fail (their callers
-            // see the reply dropped) rather than wait for a task that may never run.
+            // shutting down. The queued appends were never sent; they fail (their callers
+            // see the reply dropped) rather than wait for a task that may never run. The
+            // batch it was writing, if any, may have committed: its callers cannot be told
+            // apart from these, and are told the outcome is unknown (see `answer`).
             state.in_flight = state.in_flight.saturating_sub(1);
             let abandoned = std::mem::take(&mut state.queue);
             drop(state);
@@ -275,12 +277,16 @@ async fn try_alone(
     }
 }
 
-/// The result a queued append was sent.
+/// The result a queued append was sent. A reply dropped unsent comes from a task that
+/// ended before answering (the runtime shutting down, a panic): it may have been queued
+/// still, or its batch's call may have been on its way, so whether it committed is
+/// unknown, and a retry with the same ids tells.
 async fn answer(result: Reply) -> Result<AppendResult, WriteError> {
     result.await.unwrap_or_else(|_| {
         Err(WriteError::Storage(StorageError::new(
             StorageErrorKind::Unavailable,
-            "the store stopped before the append was written; it did not commit",
+            "the store stopped before the append was answered; whether it committed is \
+             unknown (retry it with the same event ids)",
         )))
     })
 }
