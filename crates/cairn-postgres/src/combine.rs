@@ -436,10 +436,11 @@ fn rolled_back(error: &sqlx::Error) -> bool {
 /// its transaction surely rolled back and the connection usable.
 fn rolls_back(code: &str) -> bool {
     // Connection exceptions, insufficient resources, operator intervention (a terminated
-    // backend), system and internal errors.
-    !["08", "53", "57", "58", "XX"]
-        .iter()
-        .any(|class| code.starts_with(class))
+    // backend), system and internal errors, and "statement completion unknown".
+    code != "40003"
+        && !["08", "53", "57", "58", "XX"]
+            .iter()
+            .any(|class| code.starts_with(class))
 }
 
 #[cfg(test)]
@@ -455,6 +456,10 @@ mod tests {
             "a terminated backend may have committed"
         );
         assert!(!rolls_back("08006"), "a lost connection may have committed");
+        assert!(
+            !rolls_back("40003"),
+            "a statement whose completion is unknown"
+        );
         assert!(!rolled_back(&sqlx::Error::PoolClosed));
     }
 }

@@ -628,13 +628,16 @@ async fn a_batch_the_database_rolled_back_runs_its_appends_alone() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_stays_within_the_size_one_database_call_can_carry() {
-    // PostgreSQL takes no message of 1 GiB or more. Each of these appends is well within
-    // the store's limits and a tenth of that; queued together they are more.
-    const EVENT: usize = 40 << 20;
-    const APPENDS: usize = 28;
+    // PostgreSQL takes no message of 1 GiB or more, and appends well within the store's
+    // limits could add up to that queued together: a batch stops at MAX_COMBINED_BYTES.
+    // Appends of 6 MiB each: two fit a batch, three do not.
+    const EVENT: usize = 6 << 20;
+    const APPENDS: usize = 5;
+    assert!(2 * EVENT <= cairn_postgres::MAX_COMBINED_BYTES);
+    assert!(3 * EVENT > cairn_postgres::MAX_COMBINED_BYTES);
     let db = TestDb::create().await;
     let limits = cairn_core::StoreLimits {
-        max_event_size: EVENT,
+        max_event_size: EVENT + 1024,
     };
     let store = db
         .store_with(test_options().append_transactions(1).limits(limits))
@@ -648,17 +651,19 @@ async fn a_batch_stays_within_the_size_one_database_call_can_carry() {
         queued.push(queue(&store, stream, ExpectedRevision::NoStream, vec![event]).await);
     }
     held.release().await;
+    let mut transactions: std::collections::HashMap<u64, usize> = Default::default();
     for (result, stream) in futures::future::join_all(queued).await.iter().zip(&streams) {
-        assert!(result.is_ok(), "{stream}: {result:?}");
+        let result = result
+            .as_ref()
+            .unwrap_or_else(|e| panic!("{stream}: {e:?}"));
+        *transactions.entry(xid(result)).or_default() += 1;
     }
-    for stream in &streams {
-        let info = store.stream_info(stream).await.unwrap();
-        assert_eq!(
-            info.state,
-            StreamState::Active {
-                last_revision: Revision(0)
-            },
-            "{stream}"
-        );
-    }
+    assert!(
+        transactions.values().all(|&appends| appends <= 2),
+        "no transaction took more than two of them: {transactions:?}"
+    );
+    assert!(
+        transactions.values().any(|&appends| appends == 2),
+        "they were still combined: {transactions:?}"
+    );
 }
