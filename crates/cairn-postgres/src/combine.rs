@@ -11,10 +11,10 @@
 //!   several): a lone writer does not wait;
 //! - otherwise it joins the queue and waits. The next append transaction to start, when
 //!   one in flight ends, takes every queued append (in queue order, up to
-//!   [`MAX_COMBINED_EVENTS`] events) and writes them in one call of `cairn_append_batch`,
-//!   in one transaction ([`append::write_batch`]). Each append is judged on its own there;
-//!   the ones refused or already recorded are then told apart as a lone append's are
-//!   (`append::find_retry`).
+//!   [`MAX_COMBINED_EVENTS`] events and [`MAX_COMBINED_BYTES`] bytes) and writes them in
+//!   one call of `cairn_append_batch`, in one transaction ([`append::write_batch`]).
+//!   Each append is judged on its own there; the ones refused or already recorded are
+//!   then told apart as a lone append's are (`append::find_retry`).
 //!
 //! A batch never waits for a stream's lock: it tries each, and the appends to a stream
 //! that another transaction holds (a writer of that stream, an application's transaction
@@ -42,7 +42,9 @@
 use std::collections::{HashSet, VecDeque};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
-use cairn_core::{AppendResult, StorageError, StorageErrorKind, StreamAppend, Uuid, WriteError};
+use cairn_core::{
+    AppendResult, EventData, StorageError, StorageErrorKind, StreamAppend, Uuid, WriteError,
+};
 use tokio::sync::oneshot;
 
 use crate::append::{self, Outcome};
@@ -54,6 +56,13 @@ use crate::PgOptions;
 
 /// The most events one combined transaction writes. An append of more runs alone.
 pub const MAX_COMBINED_EVENTS: usize = 1024;
+
+/// The most bytes of events (as [`EventData::size`](cairn_core::EventData::size) counts
+/// them) one combined transaction writes, unless its first append alone has more. A batch
+/// travels in one message, and PostgreSQL takes none of 1 GiB or more: a thousand events
+/// near the default size limit would not fit, and each batch's arrays are held in memory
+/// on both sides.
+pub const MAX_COMBINED_BYTES: usize = 16 << 20;
 
 /// The most events of an append that is combined. Larger appends already spread their
 /// transaction over many events; they run alone, beside the combined ones, as before
@@ -131,7 +140,8 @@ struct Turn {
 
 impl Turn {
     /// Takes the next batch off the queue: queued appends in order, skipping those whose
-    /// caller left, up to [`MAX_COMBINED_EVENTS`] events (at least one append), and
+    /// caller left, up to [`MAX_COMBINED_EVENTS`] events and [`MAX_COMBINED_BYTES`] bytes
+    /// (at least one append), and
     /// stopping before an append that shares an event id with one already taken (it
     /// starts the next batch, where it finds the other recorded). With nothing queued,
     /// gives the place back and returns `None`.
@@ -139,6 +149,7 @@ impl Turn {
         let mut state = self.store.inner.combiner.state();
         let mut batch: Vec<Queued> = Vec::new();
         let mut events = 0;
+        let mut bytes = 0;
         let mut ids: HashSet<Uuid> = HashSet::new();
         while let Some(next) = state.queue.front() {
             if next.reply.is_closed() {
@@ -146,14 +157,17 @@ impl Turn {
                 continue;
             }
             let count = next.append.events.len();
+            let size: usize = next.append.events.iter().map(EventData::size).sum();
             if !batch.is_empty()
                 && (events + count > MAX_COMBINED_EVENTS
+                    || bytes + size > MAX_COMBINED_BYTES
                     || next.append.events.iter().any(|e| ids.contains(&e.id)))
             {
                 break;
             }
             ids.extend(next.append.events.iter().map(|e| e.id));
             events += count;
+            bytes += size;
             batch.extend(state.queue.pop_front());
         }
         if batch.is_empty() {
@@ -178,8 +192,10 @@ impl Drop for Turn {
         }
         if self.batch {
             // A batch task ended before the queue did: it panicked, or the runtime is
-            // shutting down. Its queued appends were never sent; they fail (their callers
-            // see the reply dropped) rather than wait for a task that may never run.
+            // shutting down. The queued appends were never sent; they fail (their callers
+            // see the reply dropped) rather than wait for a task that may never run. The
+            // batch it was writing, if any, may have committed: its callers cannot be told
+            // apart from these, and are told the outcome is unknown (see `answer`).
             state.in_flight = state.in_flight.saturating_sub(1);
             let abandoned = std::mem::take(&mut state.queue);
             drop(state);
@@ -243,7 +259,7 @@ pub(crate) async fn append(
 async fn try_alone(
     store: &PgStore,
     append: &StreamAppend,
-    event: &cairn_core::EventData,
+    event: &EventData,
 ) -> Option<AppendResult> {
     let mut conn = store.inner.parked.acquire().await.ok()?;
     match append::try_write_event(&mut conn, append, event).await {
@@ -261,12 +277,16 @@ async fn try_alone(
     }
 }
 
-/// The result a queued append was sent.
+/// The result a queued append was sent. A reply dropped unsent comes from a task that
+/// ended before answering (the runtime shutting down, a panic): it may have been queued
+/// still, or its batch's call may have been on its way, so whether it committed is
+/// unknown, and a retry with the same ids tells.
 async fn answer(result: Reply) -> Result<AppendResult, WriteError> {
     result.await.unwrap_or_else(|_| {
         Err(WriteError::Storage(StorageError::new(
             StorageErrorKind::Unavailable,
-            "the store stopped before the append was written; it did not commit",
+            "the store stopped before the append was answered; whether it committed is \
+             unknown (retry it with the same event ids)",
         )))
     })
 }
@@ -416,10 +436,11 @@ fn rolled_back(error: &sqlx::Error) -> bool {
 /// its transaction surely rolled back and the connection usable.
 fn rolls_back(code: &str) -> bool {
     // Connection exceptions, insufficient resources, operator intervention (a terminated
-    // backend), system and internal errors.
-    !["08", "53", "57", "58", "XX"]
-        .iter()
-        .any(|class| code.starts_with(class))
+    // backend), system and internal errors, and "statement completion unknown".
+    code != "40003"
+        && !["08", "53", "57", "58", "XX"]
+            .iter()
+            .any(|class| code.starts_with(class))
 }
 
 #[cfg(test)]
@@ -435,6 +456,10 @@ mod tests {
             "a terminated backend may have committed"
         );
         assert!(!rolls_back("08006"), "a lost connection may have committed");
+        assert!(
+            !rolls_back("40003"),
+            "a statement whose completion is unknown"
+        );
         assert!(!rolled_back(&sqlx::Error::PoolClosed));
     }
 }

@@ -115,7 +115,7 @@ pub mod schema;
 mod store;
 
 pub use append::MAX_EVENTS_PER_TRANSACTION;
-pub use combine::{MAX_COMBINED_EVENTS, MAX_EVENTS_TO_COMBINE};
+pub use combine::{MAX_COMBINED_BYTES, MAX_COMBINED_EVENTS, MAX_EVENTS_TO_COMBINE};
 pub use error::{ConnectError, SchemaError, TableError, redact_url};
 pub use notify::CHANNEL;
 pub use options::{DEFAULT_APPEND_TRANSACTIONS, PgOptions};

@@ -54,8 +54,8 @@ pub struct PgOptions {
     /// transaction, that finds fewer
     /// transactions of appends in flight on this store runs at once, alone. One that finds
     /// this many waits in a queue; the next append transaction to start takes every
-    /// queued append (up to [`MAX_COMBINED_EVENTS`](crate::MAX_COMBINED_EVENTS) events)
-    /// and writes them in one database call and one transaction, so that they share one
+    /// queued append (up to [`MAX_COMBINED_EVENTS`](crate::MAX_COMBINED_EVENTS) events
+    /// and [`MAX_COMBINED_BYTES`](crate::MAX_COMBINED_BYTES) bytes) and writes them in one database call and one transaction, so that they share one
     /// commit. Each is still judged on its own: a refusal refuses that append only. A lone
     /// writer never waits; many writers trade a little latency for far fewer commits.
     /// Appends to several streams and appends in the caller's transaction are never

@@ -625,3 +625,45 @@ async fn a_batch_the_database_rolled_back_runs_its_appends_alone() {
     let info = store.stream_info(&streams[1]).await.unwrap();
     assert_eq!(info.state, StreamState::NoStream);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_stays_within_the_size_one_database_call_can_carry() {
+    // PostgreSQL takes no message of 1 GiB or more, and appends well within the store's
+    // limits could add up to that queued together: a batch stops at MAX_COMBINED_BYTES.
+    // Appends of 6 MiB each: two fit a batch, three do not.
+    const EVENT: usize = 6 << 20;
+    const APPENDS: usize = 5;
+    assert!(2 * EVENT <= cairn_postgres::MAX_COMBINED_BYTES);
+    assert!(3 * EVENT > cairn_postgres::MAX_COMBINED_BYTES);
+    let db = TestDb::create().await;
+    let limits = cairn_core::StoreLimits {
+        max_event_size: EVENT + 1024,
+    };
+    let store = db
+        .store_with(test_options().append_transactions(1).limits(limits))
+        .await;
+    let held = Held::new(&db, &store).await;
+    let payload = cairn_core::Bytes::from(vec![b'7'; EVENT - 64]);
+    let streams: Vec<StreamName> = (0..APPENDS).map(|n| name(&format!("large-{n}"))).collect();
+    let mut queued = Vec::new();
+    for stream in &streams {
+        let event = EventData::new("Large", payload.clone());
+        queued.push(queue(&store, stream, ExpectedRevision::NoStream, vec![event]).await);
+    }
+    held.release().await;
+    let mut transactions: std::collections::HashMap<u64, usize> = Default::default();
+    for (result, stream) in futures::future::join_all(queued).await.iter().zip(&streams) {
+        let result = result
+            .as_ref()
+            .unwrap_or_else(|e| panic!("{stream}: {e:?}"));
+        *transactions.entry(xid(result)).or_default() += 1;
+    }
+    assert!(
+        transactions.values().all(|&appends| appends <= 2),
+        "no transaction took more than two of them: {transactions:?}"
+    );
+    assert!(
+        transactions.values().any(|&appends| appends == 2),
+        "they were still combined: {transactions:?}"
+    );
+}
