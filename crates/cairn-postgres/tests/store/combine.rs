@@ -633,8 +633,10 @@ async fn a_batch_stays_within_the_size_one_database_call_can_carry() {
     // Appends of 6 MiB each: two fit a batch, three do not.
     const EVENT: usize = 6 << 20;
     const APPENDS: usize = 5;
-    assert!(2 * EVENT <= cairn_postgres::MAX_COMBINED_BYTES);
-    assert!(3 * EVENT > cairn_postgres::MAX_COMBINED_BYTES);
+    const {
+        assert!(2 * EVENT <= cairn_postgres::MAX_COMBINED_BYTES);
+        assert!(3 * EVENT > cairn_postgres::MAX_COMBINED_BYTES);
+    }
     let db = TestDb::create().await;
     let limits = cairn_core::StoreLimits {
         max_event_size: EVENT + 1024,
