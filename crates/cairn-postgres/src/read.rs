@@ -151,7 +151,8 @@ pub(crate) async fn read_stream(
 /// A live subscription's reads (`PgStore::live` set) do not wait when the page holds
 /// released events: they hand those out at once, and the subscription's next read (which
 /// starts at the horizon, so nothing is skipped) waits for the rest. Its first read to
-/// reach the end always waits, so `CaughtUp` still follows every event committed before.
+/// reach the end, at first and after every full page (the subscription fell behind),
+/// always waits, so `CaughtUp` still follows every event committed before.
 pub(crate) async fn read_all(store: &PgStore, request: &ReadAll) -> Result<AllPage, ReadError> {
     let limit = page_limit(request.limit);
     let from = match (request.direction, request.from) {
@@ -198,10 +199,11 @@ pub(crate) async fn read_all(store: &PgStore, request: &ReadAll) -> Result<AllPa
                 settled = true;
             }
             _ => {
-                if let Some(live) = live
-                    && !page.full
-                {
-                    live.store(true, Ordering::Relaxed);
+                // A full page means the subscription is behind: until a read reaches the
+                // end again, it must wait for held-back events, so that its CaughtUp
+                // follows every event committed before.
+                if let Some(live) = live {
+                    live.store(!page.full, Ordering::Relaxed);
                 }
                 return Ok(page.into_all_page(request.direction, from));
             }

@@ -43,9 +43,10 @@ pub struct PgStore {
     /// subscriptions read through, so that they survive a dropped connection).
     retry_reads: bool,
     /// Set on the handle a subscription to `$all` reads through, once one of its reads
-    /// reached the end with nothing held back (the subscription is live): from then on a
-    /// read that finds released events returns them without waiting for held-back ones
-    /// (see `read::read_all`). Written and read by that subscription's reads only.
+    /// reached the end with nothing held back (the subscription is live), and cleared by
+    /// a full page (it fell behind): while set, a read that finds released events returns
+    /// them without waiting for held-back ones (see `read::read_all`). Written and read by
+    /// that subscription's reads only.
     pub(crate) live: Option<Arc<AtomicBool>>,
 }
 

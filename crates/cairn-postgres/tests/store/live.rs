@@ -223,3 +223,56 @@ async fn a_subscriber_resumes_without_loss_or_duplicates_after_its_connections_a
     eprintln!("terminated {terminated} backends; the writer retried {failures} appends");
     drop(db);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_that_fell_behind_says_caught_up_only_after_every_committed_event() {
+    let db = TestDb::create().await;
+    let store = db.store().await;
+    let options = cairn_core::SubscriptionOptions {
+        buffer: 4,
+        on_falling_behind: cairn_core::OnFallingBehind::CatchUp,
+    };
+    let mut subscription = store.subscribe_all(SubscribeAll::from_start().options(options));
+    // Live first: caught up on the empty store.
+    loop {
+        match subscription.next().await {
+            Some(Ok(SubscriptionMessage::CaughtUp)) => break,
+            other => panic!("expected CaughtUp, got {other:?}"),
+        }
+    }
+    // While it does not read: appends of more than its buffer, then a transaction that
+    // holds the release horizon back (it has an id and stays open), then one more append,
+    // committed after it started and so held back until it ends.
+    let mut ids = Vec::new();
+    for _ in 0..10 {
+        ids.push(append_one(&store, "behind").await);
+    }
+    let mut blocker = db.connect().await;
+    sqlx::raw_sql("BEGIN; SELECT pg_current_xact_id()")
+        .execute(&mut blocker)
+        .await
+        .unwrap();
+    ids.push(append_one(&store, "behind").await);
+    let release = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        sqlx::raw_sql("COMMIT").execute(&mut blocker).await.unwrap();
+    });
+    // Reading again: FellBehind, then every event committed before, and only then CaughtUp.
+    let mut seen = Vec::new();
+    loop {
+        match tokio::time::timeout(Duration::from_secs(30), subscription.next())
+            .await
+            .expect("the subscriber catches up")
+        {
+            Some(Ok(SubscriptionMessage::Event(event))) => seen.push(event.id),
+            Some(Ok(SubscriptionMessage::FellBehind)) => {}
+            Some(Ok(SubscriptionMessage::CaughtUp)) => break,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(
+        seen, ids,
+        "CaughtUp came before every event committed before the subscriber read again"
+    );
+    release.await.unwrap();
+}
