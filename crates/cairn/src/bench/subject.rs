@@ -255,7 +255,8 @@ mod postgres {
         pub(crate) fn describe(&self) -> String {
             format!(
                 "store: cairn-postgres on {} (PostgreSQL {}), synchronous_commit as the \
-                 server sets it, a pool of one connection per writer",
+                 server sets it, a pool of one connection per writer, concurrent appends \
+                 combined (one combined transaction at a time)",
                 cairn_postgres::redact_url(&self.url),
                 self.version
             )
