@@ -180,6 +180,59 @@ fn expectation(expected: ExpectedRevision) -> (i16, i64) {
     }
 }
 
+/// The columns `cairn_append` and `cairn_append_batch` take as arrays: per append its
+/// expectation and event count, per event the append it belongs to (numbered from 1), its
+/// rank in that append and its content.
+struct Columns<'a> {
+    kinds: Vec<i16>,
+    revisions: Vec<i64>,
+    counts: Vec<i32>,
+    parts: Vec<i32>,
+    ranks: Vec<i32>,
+    ids: Vec<Uuid>,
+    types: Vec<&'a str>,
+    content_types: Vec<&'a str>,
+    metadata: Vec<Vec<u8>>,
+    payloads: Vec<&'a [u8]>,
+}
+
+impl<'a> Columns<'a> {
+    fn of(appends: impl ExactSizeIterator<Item = &'a StreamAppend> + Clone) -> Self {
+        let total: usize = appends.clone().map(|a| a.events.len()).sum();
+        let mut columns = Self {
+            kinds: Vec::with_capacity(appends.len()),
+            revisions: Vec::with_capacity(appends.len()),
+            counts: Vec::with_capacity(appends.len()),
+            parts: Vec::with_capacity(total),
+            ranks: Vec::with_capacity(total),
+            ids: Vec::with_capacity(total),
+            types: Vec::with_capacity(total),
+            content_types: Vec::with_capacity(total),
+            metadata: Vec::with_capacity(total),
+            payloads: Vec::with_capacity(total),
+        };
+        for (index, append) in appends.enumerate() {
+            let (kind, revision) = expectation(append.expected);
+            columns.kinds.push(kind);
+            columns.revisions.push(revision);
+            columns
+                .counts
+                .push(i32::try_from(append.events.len()).unwrap_or(i32::MAX));
+            let part = i32::try_from(index + 1).unwrap_or(i32::MAX);
+            for (rank, event) in append.events.iter().enumerate() {
+                columns.parts.push(part);
+                columns.ranks.push(i32::try_from(rank).unwrap_or(i32::MAX));
+                columns.ids.push(event.id);
+                columns.types.push(event.event_type.as_str());
+                columns.content_types.push(event.content_type.as_str());
+                columns.metadata.push(encode_metadata(&event.metadata));
+                columns.payloads.push(event.payload.as_ref());
+            }
+        }
+        columns
+    }
+}
+
 /// One attempt inside an open transaction: one call of `cairn_append_event` for one event,
 /// of `cairn_append_stream` for several to one stream, of `cairn_append` for several
 /// streams (see the schema).
@@ -204,48 +257,22 @@ async fn write(
                 }])
             });
     }
-    let total: usize = appends.iter().map(|a| a.events.len()).sum();
     let names: Vec<&str> = appends.iter().map(|a| a.stream.as_str()).collect();
     let categories: Vec<&str> = appends.iter().map(|a| a.stream.category()).collect();
-    let mut kinds = Vec::with_capacity(appends.len());
-    let mut revisions = Vec::with_capacity(appends.len());
-    let mut counts = Vec::with_capacity(appends.len());
-    let mut parts = Vec::with_capacity(total);
-    let mut ranks = Vec::with_capacity(total);
-    let mut ids = Vec::with_capacity(total);
-    let mut types = Vec::with_capacity(total);
-    let mut content_types = Vec::with_capacity(total);
-    let mut metadata = Vec::with_capacity(total);
-    let mut payloads = Vec::with_capacity(total);
-    for (index, append) in appends.iter().enumerate() {
-        let (kind, revision) = expectation(append.expected);
-        kinds.push(kind);
-        revisions.push(revision);
-        counts.push(i32::try_from(append.events.len()).unwrap_or(i32::MAX));
-        let part = i32::try_from(index + 1).unwrap_or(i32::MAX);
-        for (rank, event) in append.events.iter().enumerate() {
-            parts.push(part);
-            ranks.push(i32::try_from(rank).unwrap_or(i32::MAX));
-            ids.push(event.id);
-            types.push(event.event_type.as_str());
-            content_types.push(event.content_type.as_str());
-            metadata.push(encode_metadata(&event.metadata));
-            payloads.push(event.payload.as_ref());
-        }
-    }
+    let columns = Columns::of(appends.iter());
     let rows = sqlx::query(APPEND)
         .bind(&names)
         .bind(&categories)
-        .bind(&kinds)
-        .bind(&revisions)
-        .bind(&counts)
-        .bind(&parts)
-        .bind(&ranks)
-        .bind(&ids)
-        .bind(&types)
-        .bind(&content_types)
-        .bind(&metadata)
-        .bind(&payloads)
+        .bind(&columns.kinds)
+        .bind(&columns.revisions)
+        .bind(&columns.counts)
+        .bind(&columns.parts)
+        .bind(&columns.ranks)
+        .bind(&columns.ids)
+        .bind(&columns.types)
+        .bind(&columns.content_types)
+        .bind(&columns.metadata)
+        .bind(&columns.payloads)
         .bind(in_caller_tx)
         .fetch_all(&mut *conn)
         .await
@@ -460,22 +487,11 @@ pub(crate) async fn write_batch(
     conn: &mut PgConnection,
     appends: &[&StreamAppend],
 ) -> Result<Vec<Outcome>, sqlx::Error> {
-    let total: usize = appends.iter().map(|a| a.events.len()).sum();
     let mut slots: HashMap<&str, i32> = HashMap::with_capacity(appends.len());
     let mut names = Vec::with_capacity(appends.len());
     let mut categories = Vec::with_capacity(appends.len());
     let mut append_streams = Vec::with_capacity(appends.len());
-    let mut kinds = Vec::with_capacity(appends.len());
-    let mut revisions = Vec::with_capacity(appends.len());
-    let mut counts = Vec::with_capacity(appends.len());
-    let mut event_appends = Vec::with_capacity(total);
-    let mut ranks = Vec::with_capacity(total);
-    let mut ids = Vec::with_capacity(total);
-    let mut types = Vec::with_capacity(total);
-    let mut content_types = Vec::with_capacity(total);
-    let mut metadata = Vec::with_capacity(total);
-    let mut payloads = Vec::with_capacity(total);
-    for (index, append) in appends.iter().enumerate() {
+    for append in appends {
         let name = append.stream.as_str();
         let slot = match slots.get(name) {
             Some(slot) => *slot,
@@ -488,35 +504,22 @@ pub(crate) async fn write_batch(
             }
         };
         append_streams.push(slot);
-        let (kind, revision) = expectation(append.expected);
-        kinds.push(kind);
-        revisions.push(revision);
-        counts.push(i32::try_from(append.events.len()).unwrap_or(i32::MAX));
-        let number = i32::try_from(index + 1).unwrap_or(i32::MAX);
-        for (rank, event) in append.events.iter().enumerate() {
-            event_appends.push(number);
-            ranks.push(i32::try_from(rank).unwrap_or(i32::MAX));
-            ids.push(event.id);
-            types.push(event.event_type.as_str());
-            content_types.push(event.content_type.as_str());
-            metadata.push(encode_metadata(&event.metadata));
-            payloads.push(event.payload.as_ref());
-        }
     }
+    let columns = Columns::of(appends.iter().copied());
     let rows = sqlx::query(APPEND_BATCH)
         .bind(&names)
         .bind(&categories)
         .bind(&append_streams)
-        .bind(&kinds)
-        .bind(&revisions)
-        .bind(&counts)
-        .bind(&event_appends)
-        .bind(&ranks)
-        .bind(&ids)
-        .bind(&types)
-        .bind(&content_types)
-        .bind(&metadata)
-        .bind(&payloads)
+        .bind(&columns.kinds)
+        .bind(&columns.revisions)
+        .bind(&columns.counts)
+        .bind(&columns.parts)
+        .bind(&columns.ranks)
+        .bind(&columns.ids)
+        .bind(&columns.types)
+        .bind(&columns.content_types)
+        .bind(&columns.metadata)
+        .bind(&columns.payloads)
         .fetch_all(&mut *conn)
         .await?;
     if rows.len() != appends.len() {
