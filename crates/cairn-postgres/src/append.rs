@@ -231,6 +231,24 @@ impl<'a> Columns<'a> {
         }
         columns
     }
+
+    /// `query` with these columns bound next, in the order both functions take them.
+    fn bind<'q>(
+        &'q self,
+        query: sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
+    ) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
+        query
+            .bind(&self.kinds)
+            .bind(&self.revisions)
+            .bind(&self.counts)
+            .bind(&self.parts)
+            .bind(&self.ranks)
+            .bind(&self.ids)
+            .bind(&self.types)
+            .bind(&self.content_types)
+            .bind(&self.metadata)
+            .bind(&self.payloads)
+    }
 }
 
 /// One attempt inside an open transaction: one call of `cairn_append_event` for one event,
@@ -260,19 +278,8 @@ async fn write(
     let names: Vec<&str> = appends.iter().map(|a| a.stream.as_str()).collect();
     let categories: Vec<&str> = appends.iter().map(|a| a.stream.category()).collect();
     let columns = Columns::of(appends.iter());
-    let rows = sqlx::query(APPEND)
-        .bind(&names)
-        .bind(&categories)
-        .bind(&columns.kinds)
-        .bind(&columns.revisions)
-        .bind(&columns.counts)
-        .bind(&columns.parts)
-        .bind(&columns.ranks)
-        .bind(&columns.ids)
-        .bind(&columns.types)
-        .bind(&columns.content_types)
-        .bind(&columns.metadata)
-        .bind(&columns.payloads)
+    let rows = columns
+        .bind(sqlx::query(APPEND).bind(&names).bind(&categories))
         .bind(in_caller_tx)
         .fetch_all(&mut *conn)
         .await
@@ -302,24 +309,8 @@ async fn write_event(
     event: &EventData,
     in_caller_tx: bool,
 ) -> Result<Vec<AppendResult>, sqlx::Error> {
-    let (kind, revision) = expectation(append.expected);
-    let encoded;
-    let metadata: &[u8] = if event.metadata.is_empty() {
-        EMPTY_METADATA
-    } else {
-        encoded = encode_metadata(&event.metadata);
-        &encoded
-    };
-    let pair: Vec<i64> = sqlx::query_scalar(APPEND_EVENT)
-        .bind(append.stream.as_str())
-        .bind(append.stream.category())
-        .bind(kind)
-        .bind(revision)
-        .bind(event.id)
-        .bind(event.event_type.as_str())
-        .bind(event.content_type.as_str())
-        .bind(metadata)
-        .bind(event.payload.as_ref())
+    let metadata = event_metadata(event);
+    let pair: Vec<i64> = event_query(APPEND_EVENT, append, event, &metadata)
         .bind(in_caller_tx)
         .fetch_one(&mut *conn)
         .await?;
@@ -335,15 +326,35 @@ pub(crate) async fn try_write_event(
     append: &StreamAppend,
     event: &EventData,
 ) -> Result<Option<AppendResult>, sqlx::Error> {
-    let (kind, revision) = expectation(append.expected);
-    let encoded;
-    let metadata: &[u8] = if event.metadata.is_empty() {
-        EMPTY_METADATA
+    let metadata = event_metadata(event);
+    let pair: Option<Vec<i64>> = event_query(TRY_APPEND_EVENT, append, event, &metadata)
+        .fetch_one(&mut *conn)
+        .await?;
+    pair.map(|pair| event_result(&pair)).transpose()
+}
+
+/// `event`'s metadata as stored, without encoding the common empty case.
+fn event_metadata(event: &EventData) -> std::borrow::Cow<'static, [u8]> {
+    if event.metadata.is_empty() {
+        std::borrow::Cow::Borrowed(EMPTY_METADATA)
     } else {
-        encoded = encode_metadata(&event.metadata);
-        &encoded
-    };
-    let pair: Option<Vec<i64>> = sqlx::query_scalar(TRY_APPEND_EVENT)
+        std::borrow::Cow::Owned(encode_metadata(&event.metadata))
+    }
+}
+
+/// `sql` (`cairn_append_event` or `cairn_try_append_event`) with the arguments both take
+/// first: the stream, the expectation and the event.
+fn event_query<'q, O>(
+    sql: &'static str,
+    append: &'q StreamAppend,
+    event: &'q EventData,
+    metadata: &'q [u8],
+) -> sqlx::query::QueryScalar<'q, sqlx::Postgres, O, sqlx::postgres::PgArguments>
+where
+    (O,): for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow>,
+{
+    let (kind, revision) = expectation(append.expected);
+    sqlx::query_scalar(sql)
         .bind(append.stream.as_str())
         .bind(append.stream.category())
         .bind(kind)
@@ -353,9 +364,6 @@ pub(crate) async fn try_write_event(
         .bind(event.content_type.as_str())
         .bind(metadata)
         .bind(event.payload.as_ref())
-        .fetch_one(&mut *conn)
-        .await?;
-    pair.map(|pair| event_result(&pair)).transpose()
 }
 
 /// The result of `cairn_append_event`: the pair {last revision, last position}.
@@ -506,20 +514,13 @@ pub(crate) async fn write_batch(
         append_streams.push(slot);
     }
     let columns = Columns::of(appends.iter().copied());
-    let rows = sqlx::query(APPEND_BATCH)
-        .bind(&names)
-        .bind(&categories)
-        .bind(&append_streams)
-        .bind(&columns.kinds)
-        .bind(&columns.revisions)
-        .bind(&columns.counts)
-        .bind(&columns.parts)
-        .bind(&columns.ranks)
-        .bind(&columns.ids)
-        .bind(&columns.types)
-        .bind(&columns.content_types)
-        .bind(&columns.metadata)
-        .bind(&columns.payloads)
+    let rows = columns
+        .bind(
+            sqlx::query(APPEND_BATCH)
+                .bind(&names)
+                .bind(&categories)
+                .bind(&append_streams),
+        )
         .fetch_all(&mut *conn)
         .await?;
     if rows.len() != appends.len() {
