@@ -56,7 +56,10 @@ pub(crate) async fn raw(
     let producer_connection = connect(url, "bench producer").await?;
     let consumer_connection = connect(url, "bench consumer").await?;
 
-    let setup = consumer_connection.create_channel().await?;
+    // Declared and deleted from the producer's connection: the consumer's may end in a
+    // protocol error when its consumer is cancelled as the queue goes (the client library
+    // can receive a cancel-ok it no longer waits for), and that must not fail the clean-up.
+    let setup = producer_connection.create_channel().await?;
     setup
         .exchange_declare(
             name.as_str().into(),
