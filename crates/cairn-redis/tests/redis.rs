@@ -159,6 +159,79 @@ async fn a_held_delivery_is_not_reclaimed_while_its_subscription_lives() {
 }
 
 #[tokio::test]
+async fn a_failed_ack_comes_back_as_the_next_attempt_within_the_prefetch() {
+    // A private server, so that taking a permission away touches nobody else.
+    let server = PrivateServer::start(&[]).unwrap();
+    let mut admin = redis::Client::open(format!("redis://{}", server.addr()))
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let acl = |rule: &'static str| {
+        let mut command = redis::cmd("ACL");
+        command.arg("SETUSER").arg("worker").arg(rule);
+        command
+    };
+    for rule in ["on", ">secret", "~*", "&*", "+@all"] {
+        acl(rule).query_async::<()>(&mut admin).await.unwrap();
+    }
+    let url = format!("redis://worker:secret@{}", server.addr());
+    let transport = RedisTransport::connect_with(&url, test_options(&unique_prefix()))
+        .await
+        .unwrap();
+    let spec = SubscriptionSpec::new("orders", "billing").prefetch(2);
+    let mut deliveries = transport.subscribe(&spec).await.unwrap();
+    let sent: Vec<Message> = (0..3).map(|n| Message::new("t", format!("{n}"))).collect();
+    transport.publish("orders", sent.clone()).await.unwrap();
+    let first = next(&mut deliveries).await.unwrap();
+    let second = next(&mut deliveries).await.unwrap();
+    let quiet = Duration::from_millis(300);
+    assert!(
+        tokio::time::timeout(quiet, deliveries.next())
+            .await
+            .is_err(),
+        "a third delivery while two of a prefetch of two are held"
+    );
+
+    // The ack fails: its message comes back, and until then it takes no slot.
+    acl("-xack").query_async::<()>(&mut admin).await.unwrap();
+    let failed = first.message.id;
+    assert!(first.ack().await.is_err(), "an XACK without permission");
+    acl("+xack").query_async::<()>(&mut admin).await.unwrap();
+    let mut seen = vec![(second.message.id, second.attempt)];
+    let third = next(&mut deliveries).await.unwrap();
+    seen.push((third.message.id, third.attempt));
+    // `second` and `third` hold both slots: nothing more until one is answered.
+    assert!(
+        tokio::time::timeout(quiet, deliveries.next())
+            .await
+            .is_err(),
+        "a delivery beyond the prefetch after a failed ack"
+    );
+    second.ack().await.unwrap();
+    let fourth = next(&mut deliveries).await.unwrap();
+    seen.push((fourth.message.id, fourth.attempt));
+    third.ack().await.unwrap();
+    fourth.ack().await.unwrap();
+
+    seen.sort();
+    let mut expected = vec![(sent[1].id, 1), (sent[2].id, 1), (failed, 2)];
+    expected.sort();
+    assert_eq!(
+        seen, expected,
+        "every message once more after the failed ack"
+    );
+    assert!(
+        tokio::time::timeout(quiet, deliveries.next())
+            .await
+            .is_err(),
+        "nothing is left once all are acknowledged"
+    );
+    let key = transport.stream_key("orders");
+    assert!(pending(&mut admin, &key, "billing").await.is_empty());
+}
+
+#[tokio::test]
 async fn tidying_trims_what_every_group_acknowledged_and_nothing_else() {
     let (transport, _cleanup) =
         shared(|options| options.tidy_interval(Duration::from_secs(1))).await;

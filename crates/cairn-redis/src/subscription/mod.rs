@@ -11,11 +11,16 @@
 //!   entry the subscription holds so that no other consumer reclaims them, reclaims the
 //!   entries of dead consumers (`XAUTOCLAIM`), and tidies the stream now and then.
 //!
-//! **Architecture Invariant:** an entry id is in [`State::outstanding`] exactly while it
-//! takes one of the subscription's `prefetch` slots: from the read, claim or redelivery
-//! that handed it out until its ack succeeds, its nack with a delay, or its redelivery
-//! finds it gone. Entries waiting out a nack delay live in the keeper only and take no
-//! slot.
+//! **Architecture Invariant:** an entry takes one of the subscription's `prefetch` slots
+//! exactly while it is in [`State::outstanding`] as [`Held::Handed`] or
+//! [`Held::Redelivering`]: from the read, claim or redelivery that handed it out until it
+//! is answered (its ack is queued, it is nacked with a delay) or its redelivery finds it
+//! gone. An entry whose ack is on its way stays in `outstanding` as [`Held::Acking`]
+//! without a slot, as a broker's prefetch counts an ack once it is sent: the next read
+//! does not wait for the `XACK`'s reply. When that `XACK` fails, the entry leaves
+//! `outstanding` and goes the way of a nack with no delay left, through the keeper to
+//! the reader, which takes a slot for it again. Entries waiting out a nack delay live in
+//! the keeper only and take no slot.
 
 mod claims;
 pub(crate) mod keeper;
@@ -63,7 +68,7 @@ pub(crate) enum Held {
         /// The epoch of the delivery: answers from older epochs are stale.
         epoch: u64,
     },
-    /// Its ack is on its way to the server.
+    /// Its ack is on its way to the server; it gave its slot back when the ack was queued.
     Acking,
     /// Waiting for the keeper to claim it again and hand it out.
     Redelivering,
@@ -209,6 +214,9 @@ impl Shared {
                 _ => return Err(error::stale("ack")),
             }
         }
+        // Answered: the slot is free for the next read, which need not wait for the
+        // `XACK`'s round trip (see the invariant above).
+        self.free_slots(1);
         let (done, answer) = oneshot::channel();
         let lead = {
             let mut acks = self.acks.lock().unwrap_or_else(PoisonError::into_inner);
@@ -248,32 +256,37 @@ impl Shared {
             let acked = command.query_async::<i64>(&mut connection).await;
             match acked {
                 Ok(_) => {
-                    let removed = {
+                    {
                         let mut state = self.lock();
-                        batch
-                            .iter()
-                            .filter(|(id, _)| state.outstanding.remove(id).is_some())
-                            .count()
-                    };
-                    self.free_slots(removed);
+                        for (id, _) in &batch {
+                            if state.outstanding.get(id) == Some(&Held::Acking) {
+                                state.outstanding.remove(id);
+                            }
+                        }
+                    }
                     for (_, done) in batch.drain(..) {
                         let _ = done.send(Ok(()));
                     }
                 }
                 Err(cause) => {
-                    // Not recorded: the messages come back, as the contract allows.
+                    // Not recorded: the messages come back, as the contract allows. They
+                    // gave their slots back, so they go the way of a nack whose delay is
+                    // up: the reader takes a slot for each before it hands it out again.
                     let ids: Vec<EntryId> = {
                         let mut state = self.lock();
                         batch
                             .iter()
-                            .filter_map(|(id, _)| {
-                                let held = state.outstanding.get_mut(id)?;
-                                *held = Held::Redelivering;
-                                Some(*id)
+                            .map(|(id, _)| *id)
+                            .filter(|id| {
+                                state.outstanding.get(id) == Some(&Held::Acking)
+                                    && state.outstanding.remove(id).is_some()
                             })
                             .collect()
                     };
-                    let _ = self.keeper.send(Command::Redeliver(ids));
+                    let now = Instant::now();
+                    for id in ids {
+                        let _ = self.keeper.send(Command::Delay(id, now));
+                    }
                     for (_, done) in batch.drain(..) {
                         let _ = done.send(Err(self.map_error("ack", cause.clone())));
                     }
