@@ -48,10 +48,15 @@ const MIGRATIONS: &[Migration] = &[
         name: "combined appends",
         sql: include_str!("../migrations/0006_append_batch.sql"),
     },
+    Migration {
+        version: 7,
+        name: "index plans for the write functions",
+        sql: include_str!("../migrations/0007_append_plans.sql"),
+    },
 ];
 
 /// The schema version this build creates and understands.
-pub const SCHEMA_VERSION: i32 = 6;
+pub const SCHEMA_VERSION: i32 = 7;
 
 /// The advisory lock key that serializes migrators of one database ("cairnmig").
 const MIGRATION_LOCK: i64 = 0x6361_6972_6e6d_6967;

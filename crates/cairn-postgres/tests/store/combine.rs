@@ -669,3 +669,71 @@ async fn a_batch_stays_within_the_size_one_database_call_can_carry() {
         "they were still combined: {transactions:?}"
     );
 }
+
+#[tokio::test]
+async fn appends_keep_reading_by_key_as_a_new_store_grows() {
+    // The write functions' plans are cached while the tables are small, when scanning a
+    // table whole is cheapest; they must not go on doing so once it has grown.
+    const WRITERS: usize = 16;
+    const APPENDS: usize = 150;
+    let db = TestDb::create().await;
+    let store = one_at_a_time(&db).await;
+    let mut writers = Vec::new();
+    for writer in 0..WRITERS {
+        let store = store.clone();
+        writers.push(tokio::spawn(async move {
+            let stream = name(&format!("growing-{writer}"));
+            for n in 0..APPENDS {
+                store
+                    .append(&stream, ExpectedRevision::Any, vec![event(n)])
+                    .await
+                    .unwrap();
+            }
+        }));
+    }
+    for writer in writers {
+        writer.await.unwrap();
+    }
+    store.close().await;
+    drop(store);
+
+    // A session's table statistics reach the shared counters when it ends: end the
+    // store's (its pool is closed; its listener may still be on its way out).
+    let mut conn = db.connect().await;
+    sqlx::query(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE datname = current_database() AND pid <> pg_backend_pid()",
+    )
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    let patience = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let (others,): (i64,) = sqlx::query_as(
+            "SELECT count(*) FROM pg_stat_activity \
+             WHERE datname = current_database() AND pid <> pg_backend_pid()",
+        )
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+        if others == 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < patience,
+            "the store's sessions did not end"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let (scans, rows): (i64, i64) = sqlx::query_as(
+        "SELECT seq_scan, seq_tup_read FROM pg_stat_user_tables WHERE relname = 'cairn_events'",
+    )
+    .fetch_one(&mut conn)
+    .await
+    .unwrap();
+    let events = i64::try_from(WRITERS * APPENDS).unwrap();
+    assert!(
+        rows < events,
+        "appending {events} events read {rows} rows of cairn_events in {scans} sequential scans"
+    );
+}
