@@ -1,8 +1,9 @@
 //! The keeper: what a subscription does besides reading, on the transport's shared
 //! connection. It redelivers entries that keep their slot (nacked without delay, or
 //! outstanding when the reader's connection dropped) by claiming them again, which counts
-//! the next delivery; it holds entries nacked with a delay until their time and then
-//! passes them to the reader ([`Shared::due`]), which takes the free slots; it refreshes
+//! the next delivery; it holds entries nacked with a delay (and those whose `XACK` failed,
+//! due at once) until their time and then passes them to the reader ([`Shared::due`]),
+//! which takes the free slots; it refreshes
 //! the idle time of everything the subscription holds, and tidies the stream. A step that
 //! fails (the connection is down) is tried again later.
 

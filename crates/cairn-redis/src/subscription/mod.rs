@@ -80,7 +80,9 @@ pub(crate) struct State {
     /// Bumped by the reader each time its connection was made anew; deliveries of older
     /// epochs are stale.
     pub(crate) epoch: u64,
-    /// Every entry taking a slot, and where it stands.
+    /// Every entry handed out and not yet settled, and where it stands: the
+    /// [`Held::Handed`] and [`Held::Redelivering`] ones take a slot each, the
+    /// [`Held::Acking`] ones gave theirs back.
     pub(crate) outstanding: EntryMap<Held>,
 }
 
@@ -100,7 +102,8 @@ pub(crate) struct Shared {
     /// Locked briefly by answers, the reader and the keeper; never held across an await.
     pub(crate) state: Mutex<State>,
     /// `prefetch` slots: taken by the reader and the keeper before they hand out an entry,
-    /// given back when an entry leaves [`State::outstanding`].
+    /// given back when it is answered (its ack queued, its nack delayed) or leaves
+    /// [`State::outstanding`] otherwise.
     pub(crate) slots: Semaphore,
     /// To the keeper; sent to by answers and the reader.
     pub(crate) keeper: mpsc::UnboundedSender<Command>,
