@@ -193,7 +193,8 @@ async fn a_failed_ack_comes_back_as_the_next_attempt_within_the_prefetch() {
         "a third delivery while two of a prefetch of two are held"
     );
 
-    // The ack fails: its message comes back, and until then it takes no slot.
+    // The ack fails: its message comes back as the next attempt, and the prefetch still
+    // bounds what is handed out meanwhile.
     acl("-xack").query_async::<()>(&mut admin).await.unwrap();
     let failed = first.message.id;
     assert!(first.ack().await.is_err(), "an XACK without permission");

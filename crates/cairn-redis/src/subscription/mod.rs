@@ -127,6 +127,17 @@ pub(crate) struct AckQueue {
     flushing: bool,
 }
 
+impl State {
+    /// Removes `id` if its ack is on its way (it holds no slot), saying whether it was.
+    fn take_acking(&mut self, id: &EntryId) -> bool {
+        let acking = self.outstanding.get(id) == Some(&Held::Acking);
+        if acking {
+            self.outstanding.remove(id);
+        }
+        acking
+    }
+}
+
 impl Shared {
     pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
@@ -262,9 +273,7 @@ impl Shared {
                     {
                         let mut state = self.lock();
                         for (id, _) in &batch {
-                            if state.outstanding.get(id) == Some(&Held::Acking) {
-                                state.outstanding.remove(id);
-                            }
+                            state.take_acking(id);
                         }
                     }
                     for (_, done) in batch.drain(..) {
@@ -280,10 +289,7 @@ impl Shared {
                         batch
                             .iter()
                             .map(|(id, _)| *id)
-                            .filter(|id| {
-                                state.outstanding.get(id) == Some(&Held::Acking)
-                                    && state.outstanding.remove(id).is_some()
-                            })
+                            .filter(|id| state.take_acking(id))
                             .collect()
                     };
                     let now = Instant::now();
