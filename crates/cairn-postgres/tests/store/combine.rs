@@ -21,7 +21,7 @@ use sqlx::PgConnection;
 use tokio::task::JoinHandle;
 
 use crate::faults::waiting_backend;
-use crate::support::{TestDb, test_options};
+use crate::support::{TestDb, sequential_scans, test_options};
 
 type Pending<'a> = Pin<Box<dyn Future<Output = Result<AppendResult, WriteError>> + Send + 'a>>;
 
@@ -697,40 +697,7 @@ async fn appends_keep_reading_by_key_as_a_new_store_grows() {
     store.close().await;
     drop(store);
 
-    // A session's table statistics reach the shared counters when it ends: end the
-    // store's (its pool is closed; its listener may still be on its way out).
-    let mut conn = db.connect().await;
-    sqlx::query(
-        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
-         WHERE datname = current_database() AND pid <> pg_backend_pid()",
-    )
-    .execute(&mut conn)
-    .await
-    .unwrap();
-    let patience = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    loop {
-        let (others,): (i64,) = sqlx::query_as(
-            "SELECT count(*) FROM pg_stat_activity \
-             WHERE datname = current_database() AND pid <> pg_backend_pid()",
-        )
-        .fetch_one(&mut conn)
-        .await
-        .unwrap();
-        if others == 0 {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < patience,
-            "the store's sessions did not end"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
-    let (scans, rows): (i64, i64) = sqlx::query_as(
-        "SELECT seq_scan, seq_tup_read FROM pg_stat_user_tables WHERE relname = 'cairn_events'",
-    )
-    .fetch_one(&mut conn)
-    .await
-    .unwrap();
+    let (scans, rows) = sequential_scans(&db, "cairn_events").await;
     let events = i64::try_from(WRITERS * APPENDS).unwrap();
     assert!(
         rows < events,

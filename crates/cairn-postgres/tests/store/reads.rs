@@ -1,9 +1,13 @@
-//! Reading `$all` in bulk: a page costs what it returns, not what lies after it.
+//! Reads cost what they return: a page of `$all` not what lies after it, and the reads by
+//! key not a scan of a table, however the tables grew since the plans were made.
 
-use cairn_core::{EventData, EventStore, ExpectedRevision, ReadAll, StreamName};
+use cairn_core::{
+    EventData, EventStore, ExpectedRevision, ReadAll, ReadStream, Revision, StreamName,
+    StreamState, WriteError,
+};
 use sqlx::Connection;
 
-use crate::support::TestDb;
+use crate::support::{TestDb, sequential_scans};
 
 /// Events in the log, appended after the table's statistics were taken on a nearly empty
 /// table (as after a bulk load that autovacuum has not caught up with).
@@ -103,4 +107,95 @@ async fn examined(conn: &mut sqlx::PgConnection) -> i64 {
     .fetch_one(conn)
     .await
     .unwrap()
+}
+
+#[tokio::test]
+async fn reads_by_key_keep_using_the_keys_as_a_new_store_grows() {
+    // A connection's prepared statements keep plans made while the tables were nearly
+    // empty, when scanning a table whole is cheapest; reads (and an append's look-up of
+    // its ids on a retry or a conflict) must not go on doing so once the tables have grown.
+    const READERS: usize = 8;
+    const APPENDS: usize = 250;
+    const STREAMS_EACH: usize = 50;
+    let db = TestDb::create().await;
+    let store = db.store().await;
+    let mut readers = Vec::new();
+    for reader in 0..READERS {
+        let store = store.clone();
+        readers.push(tokio::spawn(async move {
+            for n in 0..APPENDS {
+                let stream =
+                    StreamName::new(format!("growing-{reader}-{}", n % STREAMS_EACH)).unwrap();
+                let revision = (n / STREAMS_EACH) as u64;
+                let event = EventData::new("Grown", &b"{}"[..]);
+                let appended = store
+                    .append(&stream, ExpectedRevision::Any, vec![event.clone()])
+                    .await
+                    .unwrap();
+                if n % 5 == 0 {
+                    // A retry, and an append whose expectation fails: both look the
+                    // append's ids up.
+                    let again = store
+                        .append(&stream, ExpectedRevision::Any, vec![event])
+                        .await
+                        .unwrap();
+                    assert_eq!(again, appended);
+                    let refused = store
+                        .append(
+                            &stream,
+                            ExpectedRevision::NoStream,
+                            vec![EventData::new("Grown", &b"{}"[..])],
+                        )
+                        .await;
+                    assert!(
+                        matches!(refused, Err(WriteError::WrongExpectedRevision { .. })),
+                        "{refused:?}"
+                    );
+                }
+                let forwards = store
+                    .read_stream(
+                        &stream,
+                        ReadStream::forwards()
+                            .from_revision(Revision(revision.saturating_sub(1)))
+                            .limit(2),
+                    )
+                    .await
+                    .unwrap();
+                assert_eq!(forwards.events.last().unwrap().revision, Revision(revision));
+                let backwards = store
+                    .read_stream(&stream, ReadStream::backwards().limit(1))
+                    .await
+                    .unwrap();
+                assert_eq!(backwards.events[0].revision, Revision(revision));
+                let info = store.stream_info(&stream).await.unwrap();
+                assert_eq!(
+                    info.state,
+                    StreamState::Active {
+                        last_revision: Revision(revision)
+                    }
+                );
+                if n % 10 == 0 {
+                    store.list_streams(Some(stream), 5).await.unwrap();
+                    store.head_position().await.unwrap().unwrap();
+                    store.read_all(ReadAll::backwards().limit(5)).await.unwrap();
+                }
+            }
+        }));
+    }
+    for reader in readers {
+        reader.await.unwrap();
+    }
+    store.close().await;
+    drop(store);
+
+    let events = i64::try_from(READERS * APPENDS).unwrap();
+    let streams = i64::try_from(READERS * STREAMS_EACH).unwrap();
+    for (table, size) in [("cairn_events", events), ("cairn_streams", streams)] {
+        let (scans, rows) = sequential_scans(&db, table).await;
+        assert!(
+            rows < size,
+            "reading a store grown to {size} rows of {table} read {rows} of them \
+             in {scans} sequential scans"
+        );
+    }
 }

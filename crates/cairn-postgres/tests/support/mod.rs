@@ -161,3 +161,40 @@ impl Databases {
         store
     }
 }
+
+/// The sequential scans of `table` in `db` so far, and the rows they read, once every
+/// other session of the database has ended (a session's table statistics reach the shared
+/// counters when it ends). Close the stores on `db` first.
+pub async fn sequential_scans(db: &TestDb, table: &str) -> (i64, i64) {
+    let mut conn = db.connect().await;
+    sqlx::query(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE datname = current_database() AND pid <> pg_backend_pid()",
+    )
+    .execute(&mut conn)
+    .await
+    .expect("ending the database's other sessions");
+    let patience = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let (others,): (i64,) = sqlx::query_as(
+            "SELECT count(*) FROM pg_stat_activity \
+             WHERE datname = current_database() AND pid <> pg_backend_pid()",
+        )
+        .fetch_one(&mut conn)
+        .await
+        .expect("counting the database's other sessions");
+        if others == 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < patience,
+            "the database's other sessions did not end"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    sqlx::query_as("SELECT seq_scan, seq_tup_read FROM pg_stat_user_tables WHERE relname = $1")
+        .bind(table)
+        .fetch_one(&mut conn)
+        .await
+        .expect("reading the table's statistics")
+}
