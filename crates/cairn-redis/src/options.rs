@@ -22,7 +22,7 @@ pub struct RedisOptions {
     /// The largest [`Message::encoded_len`](cairn_bus::Message::encoded_len) published.
     pub max_message_size: usize,
     /// How long a delivery may stay pending without its consumer showing signs of life
-    /// before another consumer of the group takes it over (`XAUTOCLAIM`'s min-idle-time).
+    /// before another consumer of the group takes it over (the min-idle-time of its claim).
     /// A live subscription refreshes what it holds three times per `claim_idle`, so this
     /// bounds how long the messages of a consumer that died wait, not how long a handler
     /// may take.

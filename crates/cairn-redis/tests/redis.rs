@@ -158,27 +158,52 @@ async fn a_held_delivery_is_not_reclaimed_while_its_subscription_lives() {
     again.ack().await.unwrap();
 }
 
+/// A private server (so that taking a permission away touches nobody else) with a user
+/// `worker` allowed everything, and the admin connection that changes its permissions.
+struct Permissions {
+    server: PrivateServer,
+    admin: redis::aio::MultiplexedConnection,
+}
+
+impl Permissions {
+    async fn start() -> Self {
+        let server = PrivateServer::start(&[]).unwrap();
+        let admin = redis::Client::open(format!("redis://{}", server.addr()))
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap();
+        let mut permissions = Self { server, admin };
+        for rule in ["on", ">secret", "~*", "&*", "+@all"] {
+            permissions.set(rule).await;
+        }
+        permissions
+    }
+
+    /// The URL that connects as `worker`.
+    fn url(&self) -> String {
+        format!("redis://worker:secret@{}", self.server.addr())
+    }
+
+    /// Applies one ACL rule to `worker` (`-xack`, `+xack`, ...).
+    async fn set(&mut self, rule: &str) {
+        redis::cmd("ACL")
+            .arg("SETUSER")
+            .arg("worker")
+            .arg(rule)
+            .query_async::<()>(&mut self.admin)
+            .await
+            .unwrap();
+    }
+}
+
 #[tokio::test]
 async fn a_failed_ack_comes_back_as_the_next_attempt_within_the_prefetch() {
-    // A private server, so that taking a permission away touches nobody else.
-    let server = PrivateServer::start(&[]).unwrap();
-    let mut admin = redis::Client::open(format!("redis://{}", server.addr()))
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
-    let acl = |rule: &'static str| {
-        let mut command = redis::cmd("ACL");
-        command.arg("SETUSER").arg("worker").arg(rule);
-        command
-    };
-    for rule in ["on", ">secret", "~*", "&*", "+@all"] {
-        acl(rule).query_async::<()>(&mut admin).await.unwrap();
-    }
-    let url = format!("redis://worker:secret@{}", server.addr());
-    let transport = RedisTransport::connect_with(&url, test_options(&unique_prefix()))
-        .await
-        .unwrap();
+    let mut permissions = Permissions::start().await;
+    let transport =
+        RedisTransport::connect_with(&permissions.url(), test_options(&unique_prefix()))
+            .await
+            .unwrap();
     let spec = SubscriptionSpec::new("orders", "billing").prefetch(2);
     let mut deliveries = transport.subscribe(&spec).await.unwrap();
     let sent: Vec<Message> = (0..3).map(|n| Message::new("t", format!("{n}"))).collect();
@@ -195,10 +220,10 @@ async fn a_failed_ack_comes_back_as_the_next_attempt_within_the_prefetch() {
 
     // The ack fails: its message comes back as the next attempt, and the prefetch still
     // bounds what is handed out meanwhile.
-    acl("-xack").query_async::<()>(&mut admin).await.unwrap();
+    permissions.set("-xack").await;
     let failed = first.message.id;
     assert!(first.ack().await.is_err(), "an XACK without permission");
-    acl("+xack").query_async::<()>(&mut admin).await.unwrap();
+    permissions.set("+xack").await;
     let mut seen = vec![(second.message.id, second.attempt)];
     let third = next(&mut deliveries).await.unwrap();
     seen.push((third.message.id, third.attempt));
@@ -229,7 +254,84 @@ async fn a_failed_ack_comes_back_as_the_next_attempt_within_the_prefetch() {
         "nothing is left once all are acknowledged"
     );
     let key = transport.stream_key("orders");
-    assert!(pending(&mut admin, &key, "billing").await.is_empty());
+    assert!(
+        pending(&mut permissions.admin, &key, "billing")
+            .await
+            .is_empty()
+    );
+}
+
+#[tokio::test]
+async fn a_delayed_nack_stays_the_subscriptions_own_when_its_touches_fail() {
+    // The keeper's touches (which claim with XCLAIM) fail while the reader's reclaims
+    // work: the delayed entry grows idle past `claim_idle`, and the reclaim finds it. It
+    // must still be handed out once, when its delay is up, as the second delivery (the
+    // reclaim claimed nothing of its own), and take one slot.
+    let mut permissions = Permissions::start().await;
+    let options = test_options(&unique_prefix()).claim_idle(Duration::from_millis(150));
+    let transport = RedisTransport::connect_with(&permissions.url(), options)
+        .await
+        .unwrap();
+    let spec = SubscriptionSpec::new("orders", "billing").prefetch(2);
+    let mut deliveries = transport.subscribe(&spec).await.unwrap();
+    let delayed = Message::new("t", "delayed");
+    transport
+        .publish("orders", vec![delayed.clone()])
+        .await
+        .unwrap();
+    let first = next(&mut deliveries).await.unwrap();
+    assert_eq!(first.message.id, delayed.id);
+    let delay = Duration::from_millis(1500);
+    let nacked = tokio::time::Instant::now();
+    permissions.set("-xclaim").await;
+    first.nack(Some(delay)).await.unwrap();
+    // Several reclaims run while the touches fail; the redelivery's own claim needs
+    // XCLAIM again before the delay is up.
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    permissions.set("+xclaim").await;
+    let again = next(&mut deliveries).await.unwrap();
+    assert_eq!(again.message.id, delayed.id);
+    assert_eq!(again.attempt, 2);
+    assert!(
+        nacked.elapsed() >= delay,
+        "handed out again {:?} after a nack delayed by {delay:?}",
+        nacked.elapsed()
+    );
+
+    // The one delivery took one slot of the two: of two more messages one is handed out
+    // while it is held, the other once it is answered, and the delayed message does not
+    // come a second time.
+    let more: Vec<Message> = (0..2).map(|n| Message::new("t", format!("{n}"))).collect();
+    transport.publish("orders", more.clone()).await.unwrap();
+    let third = next(&mut deliveries).await.unwrap();
+    let quiet = Duration::from_millis(300);
+    assert!(
+        tokio::time::timeout(quiet, deliveries.next())
+            .await
+            .is_err(),
+        "a delivery beyond the prefetch"
+    );
+    again.ack().await.unwrap();
+    let fourth = next(&mut deliveries).await.unwrap();
+    let mut ids = vec![third.message.id, fourth.message.id];
+    ids.sort();
+    let mut expected: Vec<_> = more.iter().map(|m| m.id).collect();
+    expected.sort();
+    assert_eq!(ids, expected, "the two new messages, each once");
+    third.ack().await.unwrap();
+    fourth.ack().await.unwrap();
+    assert!(
+        tokio::time::timeout(quiet, deliveries.next())
+            .await
+            .is_err(),
+        "nothing is left once all are acknowledged"
+    );
+    let key = transport.stream_key("orders");
+    assert!(
+        pending(&mut permissions.admin, &key, "billing")
+            .await
+            .is_empty()
+    );
 }
 
 #[tokio::test]

@@ -1,6 +1,7 @@
 //! Claiming entries (again) for a subscription and handing them out: redeliveries of its
 //! own entries, and reclaims of what dead consumers left.
 
+use std::collections::hash_map::Entry as Slot;
 use std::sync::Arc;
 
 use redis::aio::ConnectionLike;
@@ -73,9 +74,12 @@ pub(crate) fn redelivered(
     }
 }
 
-/// `XAUTOCLAIM`s up to `count` entries idle longer than `claim_idle` (left by dead
-/// consumers) from `cursor` on, hands them out and returns how many it handed out; each
-/// takes one of the `count` slots the caller took.
+/// Takes over up to `count` entries idle longer than `claim_idle` from `cursor` on: those
+/// other (dead) consumers left, and those of this subscription's consumer that it does not
+/// track (a read whose reply was lost, or an entry it refused). Hands them out and returns
+/// how many; each takes one of the `count` slots the caller took. Entries it tracks
+/// (handed out, delayed, acknowledged) are left alone: claiming one would count a delivery
+/// that did not happen.
 pub(crate) async fn reclaim(
     shared: &Arc<Shared>,
     connection: &mut impl ConnectionLike,
@@ -94,39 +98,53 @@ pub(crate) async fn reclaim(
     )
     .query_async::<Value>(connection)
     .await?;
-    let Value::Array(mut parts) = reply else {
+    let Value::Array(parts) = reply else {
         return Ok(0);
     };
-    if parts.len() != 3 {
+    let Ok([next, claimed, deleted, own]) = <[Value; 4]>::try_from(parts) else {
         return Ok(0);
+    };
+    if let Ok(next) = redis::from_redis_value::<String>(next) {
+        *cursor = next;
     }
-    let deleted = parts.pop().unwrap_or(Value::Nil);
     let Claimed {
         entries: claimed,
         refused,
-    } = read_claimed(parts.pop().unwrap_or(Value::Nil));
+    } = read_claimed(claimed);
     for refused in refused {
         shared.refuse(outbox, refused);
-    }
-    if let Some(next) = parts.pop().as_ref().and_then(EntryId::from_value) {
-        *cursor = next.to_string();
     }
     if let Value::Array(deleted) = deleted
         && !deleted.is_empty()
     {
         tracing::warn!(topic = %shared.topic, group = %shared.group, count = deleted.len(), "pending entries were trimmed from the stream before they were acknowledged; they are lost");
     }
+    let own: Vec<EntryId> = match own {
+        Value::Array(ids) => ids.iter().filter_map(EntryId::from_value).collect(),
+        _ => Vec::new(),
+    };
     let mut handed = Vec::with_capacity(claimed.len());
+    let mut untracked = Vec::new();
     let epoch = {
         let mut state = shared.lock();
         let epoch = state.epoch;
         for (entry, count) in claimed {
-            // One of ours (an entry whose read reply was lost): already tracked.
+            // Tracked already (another consumer took it over while this one's touches
+            // failed, and this one took it back): it is handed out as it is.
             if state.outstanding.contains_key(&entry.id) {
                 continue;
             }
             state.outstanding.insert(entry.id, Held::Handed { epoch });
             handed.push((entry, count));
+        }
+        for id in own {
+            if handed.len() + untracked.len() >= count {
+                break;
+            }
+            if let Slot::Vacant(vacant) = state.outstanding.entry(id) {
+                vacant.insert(Held::Redelivering);
+                untracked.push(id);
+            }
         }
         epoch
     };
@@ -137,5 +155,27 @@ pub(crate) async fn reclaim(
     for (entry, count) in handed {
         shared.deliver(outbox, entry, count, epoch);
     }
-    Ok(taken)
+    if untracked.is_empty() {
+        return Ok(taken);
+    }
+    // Claimed as redeliveries (counting one more delivery each); `redelivered` frees the
+    // slots of those that are gone meanwhile.
+    match claim(shared, connection, &untracked).await {
+        Ok(claimed) => {
+            redelivered(shared, outbox, &untracked, claimed);
+            Ok(taken + untracked.len())
+        }
+        Err(cause) => {
+            // Untracked again, and taken up by a later reclaim; the caller frees their
+            // slots. The error shows again on the reader's next command.
+            let mut state = shared.lock();
+            for id in &untracked {
+                if state.outstanding.get(id) == Some(&Held::Redelivering) {
+                    state.outstanding.remove(id);
+                }
+            }
+            tracing::debug!(topic = %shared.topic, group = %shared.group, error = %cause, "claiming untracked entries failed");
+            Ok(taken)
+        }
+    }
 }

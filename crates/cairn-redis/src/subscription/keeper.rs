@@ -18,7 +18,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::claims::{claim, redelivered};
-use super::{Command, Outbox, Shared};
+use super::{Command, Held, Outbox, Shared};
 use crate::codec::EntryId;
 use crate::scripts;
 
@@ -149,16 +149,7 @@ impl Keeper {
     /// no other consumer reclaims them; forgets delayed entries another consumer took.
     async fn touch(&mut self) {
         let shared = Arc::clone(&self.shared);
-        let mut ids: Vec<EntryId> = shared.lock().outstanding.keys().copied().collect();
-        ids.extend(self.delayed.iter().map(|Reverse((_, id))| *id));
-        ids.extend(
-            shared
-                .due
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .iter()
-                .copied(),
-        );
+        let ids: Vec<EntryId> = shared.lock().outstanding.keys().copied().collect();
         let mut lost = Vec::new();
         for chunk in ids.chunks(CHUNK) {
             let mut command = scripts::touch(&shared.key, &shared.group, &shared.consumer);
@@ -176,6 +167,14 @@ impl Keeper {
         }
         if !lost.is_empty() {
             tracing::debug!(topic = %shared.topic, group = %shared.group, lost = lost.len(), "held entries were taken over or acknowledged elsewhere");
+            {
+                let mut state = shared.lock();
+                for id in &lost {
+                    if state.outstanding.get(id) == Some(&Held::Delayed) {
+                        state.outstanding.remove(id);
+                    }
+                }
+            }
             self.delayed.retain(|Reverse((_, id))| !lost.contains(id));
         }
     }

@@ -3,13 +3,14 @@
 //!
 //! - The **reader** ([`reader`]) owns a connection of its own for `XREADGROUP ... BLOCK`
 //!   (a blocking read holds its connection, so nothing else may wait behind it). It reads
-//!   new entries while the subscription has free slots, and when its connection drops it
+//!   new entries while the subscription has free slots, takes over the entries of dead
+//!   consumers ([`claims::reclaim`]), and when its connection drops it
 //!   connects again and hands out again everything the subscription had handed out
 //!   before the break.
 //! - The **keeper** ([`keeper`]) works on the transport's shared connection: it redelivers
 //!   nacked entries (at once, or when their delay is up), refreshes the idle time of every
-//!   entry the subscription holds so that no other consumer reclaims them, reclaims the
-//!   entries of dead consumers (`XAUTOCLAIM`), and tidies the stream now and then.
+//!   entry the subscription holds so that no other consumer reclaims them, and tidies
+//!   the stream now and then.
 //!
 //! **Architecture Invariant:** an entry takes one of the subscription's `prefetch` slots
 //! exactly while it is in [`State::outstanding`] as [`Held::Handed`] or
@@ -17,10 +18,12 @@
 //! is answered (its ack is queued, it is nacked with a delay) or its redelivery finds it
 //! gone. An entry whose ack is on its way stays in `outstanding` as [`Held::Acking`]
 //! without a slot, as a broker's prefetch counts an ack once it is sent: the next read
-//! does not wait for the `XACK`'s reply. When that `XACK` fails, the entry leaves
-//! `outstanding` and goes the way of a nack with no delay left, through the keeper to
-//! the reader, which takes a slot for it again. Entries waiting out a nack delay live in
-//! the keeper only and take no slot.
+//! does not wait for the `XACK`'s reply. When that `XACK` fails, the entry goes the way
+//! of a nack with no delay left, through the keeper to the reader, which takes a slot for
+//! it again. Entries waiting out a nack delay (in the keeper, then in [`Shared::due`]) stay
+//! in `outstanding` as [`Held::Delayed`], without a slot, so that a reclaim knows them as
+//! the subscription's own; the reader takes a slot for one only while it is still
+//! `Delayed`.
 
 mod claims;
 pub(crate) mod keeper;
@@ -70,6 +73,9 @@ pub(crate) enum Held {
     },
     /// Its ack is on its way to the server; it gave its slot back when the ack was queued.
     Acking,
+    /// Waiting out a nack delay (or, after a failed ack, for the reader to take a slot for
+    /// it): in the keeper or in [`Shared::due`], without a slot.
+    Delayed,
     /// Waiting for the keeper to claim it again and hand it out.
     Redelivering,
 }
@@ -82,7 +88,7 @@ pub(crate) struct State {
     pub(crate) epoch: u64,
     /// Every entry handed out and not yet settled, and where it stands: the
     /// [`Held::Handed`] and [`Held::Redelivering`] ones take a slot each, the
-    /// [`Held::Acking`] ones gave theirs back.
+    /// [`Held::Acking`] and [`Held::Delayed`] ones hold none.
     pub(crate) outstanding: EntryMap<Held>,
 }
 
@@ -128,13 +134,21 @@ pub(crate) struct AckQueue {
 }
 
 impl State {
-    /// Removes `id` if its ack is on its way (it holds no slot), saying whether it was.
-    fn take_acking(&mut self, id: &EntryId) -> bool {
-        let acking = self.outstanding.get(id) == Some(&Held::Acking);
-        if acking {
-            self.outstanding.remove(id);
+    /// Settles `id` if its ack is on its way (it holds no slot): it leaves when the `XACK`
+    /// was recorded, and waits to be handed out again when it failed. Says whether it was.
+    fn settle_acking(&mut self, id: &EntryId, recorded: bool) -> bool {
+        let Some(held) = self.outstanding.get_mut(id) else {
+            return false;
+        };
+        if *held != Held::Acking {
+            return false;
         }
-        acking
+        if recorded {
+            self.outstanding.remove(id);
+        } else {
+            *held = Held::Delayed;
+        }
+        true
     }
 }
 
@@ -273,7 +287,7 @@ impl Shared {
                     {
                         let mut state = self.lock();
                         for (id, _) in &batch {
-                            state.take_acking(id);
+                            state.settle_acking(id, true);
                         }
                     }
                     for (_, done) in batch.drain(..) {
@@ -289,7 +303,7 @@ impl Shared {
                         batch
                             .iter()
                             .map(|(id, _)| *id)
-                            .filter(|id| state.take_acking(id))
+                            .filter(|id| state.settle_acking(id, false))
                             .collect()
                     };
                     let now = Instant::now();
@@ -309,7 +323,7 @@ impl Shared {
         match state.outstanding.get_mut(&id) {
             Some(held) if *held == (Held::Handed { epoch }) => match delay {
                 Some(delay) if !delay.is_zero() => {
-                    state.outstanding.remove(&id);
+                    *held = Held::Delayed;
                     drop(state);
                     self.free_slots(1);
                     let _ = self.keeper.send(Command::Delay(id, Instant::now() + delay));

@@ -1,6 +1,6 @@
 //! The reader: the one task that takes the subscription's free slots. With the slots it
 //! takes it hands out, in turn, the entries whose nack delay is up ([`Shared::due`]), the
-//! entries dead consumers left (`XAUTOCLAIM`, every `claim_idle / 2`), and new entries
+//! entries dead consumers left ([`reclaim`], every `claim_idle / 2`), and new entries
 //! (`XREADGROUP ... BLOCK` on a connection of its own, as many as slots are left, each
 //! handed out as attempt 1). When its connection drops it connects again (with backoff,
 //! reporting each failed attempt on the stream) and has the keeper hand out again what
@@ -127,7 +127,7 @@ pub(crate) async fn run(
 struct Reader {
     shared: Arc<Shared>,
     outbox: Outbox,
-    /// Where the next `XAUTOCLAIM` goes on.
+    /// Where the next reclaim goes on.
     cursor: String,
     next_reclaim: Instant,
     /// The entries of the last read, kept empty between reads: a buffer for hundreds
@@ -146,18 +146,26 @@ impl Reader {
     ) -> Result<(), RedisError> {
         let shared = Arc::clone(&self.shared);
         let mut used = 0;
-        let due: Vec<EntryId> = {
+        let mut due: Vec<EntryId> = {
             let mut due = shared.due.lock().unwrap_or_else(PoisonError::into_inner);
             let take = due.len().min(slots).min(CHUNK);
             due.drain(..take).collect()
         };
         if !due.is_empty() {
             {
+                // Only those still delayed take a slot: one that left meanwhile (another
+                // consumer took it over) is no longer the subscription's to hand out.
                 let mut state = shared.lock();
-                for id in &due {
-                    state.outstanding.insert(*id, Held::Redelivering);
-                }
+                due.retain(|id| match state.outstanding.get_mut(id) {
+                    Some(held @ Held::Delayed) => {
+                        *held = Held::Redelivering;
+                        true
+                    }
+                    _ => false,
+                });
             }
+        }
+        if !due.is_empty() {
             match claim(&shared, connection, &due).await {
                 Ok(claimed) => {
                     redelivered(&shared, &self.outbox, &due, claimed);
@@ -167,7 +175,9 @@ impl Reader {
                     {
                         let mut state = shared.lock();
                         for id in &due {
-                            state.outstanding.remove(id);
+                            if let Some(held @ Held::Redelivering) = state.outstanding.get_mut(id) {
+                                *held = Held::Delayed;
+                            }
                         }
                     }
                     shared
