@@ -15,7 +15,7 @@
 //! | ack | `XACK`; acks that arrive while one is on its way go together in the next |
 //! | nack | the entry stays pending; it is claimed again (`XCLAIM`, which counts a delivery) and handed out again, at once or when the delay is up |
 //! | attempt | the entry's delivery count (`XPENDING`), 1 for a first read |
-//! | a dead consumer | its pending entries, idle longer than [`RedisOptions::claim_idle`], are taken over by another consumer of the group (`XPENDING ... IDLE` and `XCLAIM` in one script, as `XAUTOCLAIM` would, except that a consumer leaves the entries it tracks itself alone) |
+//! | a dead consumer | its pending entries, idle longer than [`RedisOptions::claim_idle`], are taken over by another consumer of the group (`XPENDING` and `XCLAIM` in one script, as `XAUTOCLAIM` would, except that a consumer does not claim its own entries that it still tracks) |
 //! | lag | `lag` + `pending` of the group in `XINFO GROUPS` |
 //!
 //! Two fields per entry, rather than one per attribute, because the client parses every

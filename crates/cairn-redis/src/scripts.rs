@@ -25,31 +25,41 @@ end
 return out
 ";
 
-/// Looks at up to `ARGV[5]` entries of group `ARGV[1]` idle for at least `ARGV[3]` ms,
-/// from cursor `ARGV[4]` on (an id, `(` before it for "after"), and claims for consumer
-/// `ARGV[2]` those another consumer holds (`XCLAIM`, which counts one more delivery).
-/// Entries the consumer holds itself are not claimed (that would count a delivery of an
-/// entry it may still be handling, or waiting out a delay): their ids are returned for
-/// the caller to judge. Returns `{next cursor, {{id, fields, delivery count}...}, {ids
-/// deleted from the stream while pending}, {ids of the consumer's own idle entries}}`.
+/// Finds up to `ARGV[5]` entries of group `ARGV[1]` idle for at least `ARGV[3]` ms, from
+/// cursor `ARGV[4]` on (an id, with `(` before it for "after"), looking at no more than ten
+/// times that many pending entries (as `XAUTOCLAIM` does, so that one call never walks a
+/// long pending list), and claims for consumer `ARGV[2]` those another consumer holds
+/// (`XCLAIM`, which counts one more delivery). Entries the consumer holds itself are not
+/// claimed (that would count a delivery of an entry it may still be handling, or waiting
+/// out a delay): their ids are returned for the caller to judge. Returns `{next cursor,
+/// {{id, fields, delivery count}...}, {ids deleted from the stream while pending}, {ids
+/// of the consumer's own idle entries}}`.
 const RECLAIM: &str = r"
-local pending = redis.call('XPENDING', KEYS[1], ARGV[1], 'IDLE', ARGV[3], ARGV[4], '+', ARGV[5])
+local wanted, idle = math.max(tonumber(ARGV[5]), 1), tonumber(ARGV[3])
+local rows = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[4], '+', wanted * 10)
 local out, deleted, own = {}, {}, {}
-for _, p in ipairs(pending) do
-  if p[2] == ARGV[2] then
-    own[#own + 1] = p[1]
-  else
-    local entry = redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], ARGV[3], p[1])[1]
-    if entry and entry[2] then
-      out[#out + 1] = {entry[1], entry[2], p[4] + 1}
-    elseif not entry then
-      deleted[#deleted + 1] = p[1]
+local found, cursor = 0, '0-0'
+if #rows >= wanted * 10 then cursor = '(' .. rows[#rows][1] end
+for i, p in ipairs(rows) do
+  if found >= wanted then
+    cursor = '(' .. rows[i - 1][1]
+    break
+  end
+  if p[3] >= idle then
+    found = found + 1
+    if p[2] == ARGV[2] then
+      own[#own + 1] = p[1]
+    else
+      local entry = redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], ARGV[3], p[1])[1]
+      if entry and entry[2] then
+        out[#out + 1] = {entry[1], entry[2], p[4] + 1}
+      elseif not entry then
+        deleted[#deleted + 1] = p[1]
+      end
     end
   end
 end
-local next = '0-0'
-if #pending >= tonumber(ARGV[5]) then next = '(' .. pending[#pending][1] end
-return {next, out, deleted, own}
+return {cursor, out, deleted, own}
 ";
 
 /// Refreshes the idle time of the entries `ARGV[3..]` that consumer `ARGV[2]` of group

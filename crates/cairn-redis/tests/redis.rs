@@ -281,7 +281,7 @@ async fn a_delayed_nack_stays_the_subscriptions_own_when_its_touches_fail() {
         .unwrap();
     let first = next(&mut deliveries).await.unwrap();
     assert_eq!(first.message.id, delayed.id);
-    let delay = Duration::from_millis(1500);
+    let delay = Duration::from_secs(3);
     let nacked = tokio::time::Instant::now();
     permissions.set("-xclaim").await;
     first.nack(Some(delay)).await.unwrap();

@@ -1,7 +1,7 @@
 //! Claiming entries (again) for a subscription and handing them out: redeliveries of its
 //! own entries, and reclaims of what dead consumers left.
 
-use std::collections::hash_map::Entry as Slot;
+use std::collections::hash_map::Entry as MapEntry;
 use std::sync::Arc;
 
 use redis::aio::ConnectionLike;
@@ -77,9 +77,9 @@ pub(crate) fn redelivered(
 /// Takes over up to `count` entries idle longer than `claim_idle` from `cursor` on: those
 /// other (dead) consumers left, and those of this subscription's consumer that it does not
 /// track (a read whose reply was lost, or an entry it refused). Hands them out and returns
-/// how many; each takes one of the `count` slots the caller took. Entries it tracks
-/// (handed out, delayed, acknowledged) are left alone: claiming one would count a delivery
-/// that did not happen.
+/// how many; each takes one of the `count` slots the caller took. Its consumer's entries
+/// that it tracks (handed out, delayed, being acknowledged or redelivered) are not claimed:
+/// that would count a delivery that did not happen.
 pub(crate) async fn reclaim(
     shared: &Arc<Shared>,
     connection: &mut impl ConnectionLike,
@@ -130,7 +130,7 @@ pub(crate) async fn reclaim(
         let epoch = state.epoch;
         for (entry, count) in claimed {
             // Tracked already (another consumer took it over while this one's touches
-            // failed, and this one took it back): it is handed out as it is.
+            // failed, and this one took it back): it is left as it stands.
             if state.outstanding.contains_key(&entry.id) {
                 continue;
             }
@@ -141,7 +141,7 @@ pub(crate) async fn reclaim(
             if handed.len() + untracked.len() >= count {
                 break;
             }
-            if let Slot::Vacant(vacant) = state.outstanding.entry(id) {
+            if let MapEntry::Vacant(vacant) = state.outstanding.entry(id) {
                 vacant.insert(Held::Redelivering);
                 untracked.push(id);
             }
@@ -167,14 +167,22 @@ pub(crate) async fn reclaim(
         }
         Err(cause) => {
             // Untracked again, and taken up by a later reclaim; the caller frees their
-            // slots. The error shows again on the reader's next command.
-            let mut state = shared.lock();
-            for id in &untracked {
-                if state.outstanding.get(id) == Some(&Held::Redelivering) {
-                    state.outstanding.remove(id);
+            // slots (not by returning the error: the caller would free the slots of the
+            // entries handed out above as well). A dropped connection shows on the
+            // reader's next command; anything else is reported here.
+            {
+                let mut state = shared.lock();
+                for id in &untracked {
+                    if state.outstanding.get(id) == Some(&Held::Redelivering) {
+                        state.outstanding.remove(id);
+                    }
                 }
             }
-            tracing::debug!(topic = %shared.topic, group = %shared.group, error = %cause, "claiming untracked entries failed");
+            if crate::error::is_connection_error(&cause) {
+                tracing::debug!(topic = %shared.topic, group = %shared.group, error = %cause, "claiming untracked entries failed");
+            } else {
+                let _ = outbox.send(Err(shared.map_error("claiming untracked entries", cause)));
+            }
             Ok(taken)
         }
     }

@@ -4,9 +4,8 @@
 //! - The **reader** ([`reader`]) owns a connection of its own for `XREADGROUP ... BLOCK`
 //!   (a blocking read holds its connection, so nothing else may wait behind it). It reads
 //!   new entries while the subscription has free slots, takes over the entries of dead
-//!   consumers ([`claims::reclaim`]), and when its connection drops it
-//!   connects again and hands out again everything the subscription had handed out
-//!   before the break.
+//!   consumers ([`claims::reclaim`]), and when its connection drops it connects again and
+//!   hands out again everything the subscription had handed out before the break.
 //! - The **keeper** ([`keeper`]) works on the transport's shared connection: it redelivers
 //!   nacked entries (at once, or when their delay is up), refreshes the idle time of every
 //!   entry the subscription holds so that no other consumer reclaims them, and tidies
@@ -76,7 +75,8 @@ pub(crate) enum Held {
     /// Waiting out a nack delay (or, after a failed ack, for the reader to take a slot for
     /// it): in the keeper or in [`Shared::due`], without a slot.
     Delayed,
-    /// Waiting for the keeper to claim it again and hand it out.
+    /// Being claimed again to be handed out (by the keeper, or by the reader for a due or
+    /// an untracked entry); it holds a slot.
     Redelivering,
 }
 
