@@ -3,11 +3,15 @@
 //!
 //! The server is `postgres://root@127.0.0.1:5432` unless `CAIRN_TEST_POSTGRES` names
 //! another (a URL without a database). Databases left behind by test processes that died
-//! are dropped by the next test that creates one.
+//! are dropped by the next test that creates one, once they are old enough that no run
+//! can still be using them: a database's name holds the creating process's id and the
+//! time it was made, and a process id that is not running here may belong to a run in
+//! another process namespace (a container) sharing the server.
 
 #![allow(dead_code, unreachable_pub)]
 
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use cairn_postgres::{PgOptions, PgStore};
 use sqlx::{Connection, PgConnection};
@@ -15,6 +19,10 @@ use uuid::Uuid;
 
 /// The prefix of every test database's name.
 const PREFIX: &str = "cairn_test_";
+/// A test database whose creating process is not running here is dropped after this long.
+const ORPHANED_AFTER: Duration = Duration::from_secs(2 * 60 * 60);
+/// Any test database is dropped after this long.
+const ABANDONED_AFTER: Duration = Duration::from_secs(24 * 60 * 60);
 
 /// The server's URL, without a database.
 pub fn server_url() -> String {
@@ -41,7 +49,12 @@ impl TestDb {
             .expect("the test PostgreSQL server at 127.0.0.1:5432 is reachable");
         sweep_stale(&mut admin).await;
         let random = Uuid::now_v7().simple().to_string();
-        let name = format!("{PREFIX}{}_{}", std::process::id(), &random[20..]);
+        let name = format!(
+            "{PREFIX}{}_{}_{}",
+            std::process::id(),
+            unix_seconds(),
+            &random[20..]
+        );
         sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{name}\"")))
             .execute(&mut admin)
             .await
@@ -121,20 +134,74 @@ async fn drop_database(name: &str) {
     }
 }
 
-/// Drops test databases whose creating process no longer runs.
+/// Seconds since the Unix epoch now.
+fn unix_seconds() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |since| since.as_secs())
+}
+
+/// Whether the test database `name` was left behind: made by a process not running here
+/// more than [`ORPHANED_AFTER`] ago, or by any process more than [`ABANDONED_AFTER`] ago.
+/// A name of the earlier layout (`<pid>_<random>`, no time) is left behind once its process
+/// is not running; names of any other layout are left alone.
+fn left_behind(name: &str, now: u64) -> bool {
+    let parts: Vec<&str> = name
+        .strip_prefix(PREFIX)
+        .unwrap_or_default()
+        .split('_')
+        .collect();
+    let running = |pid: &str| {
+        pid.parse::<u32>()
+            .map(|pid| std::path::Path::new(&format!("/proc/{pid}")).exists())
+    };
+    match parts.as_slice() {
+        [pid, _] => running(pid) == Ok(false),
+        [pid, made, _] => {
+            let (Ok(running), Ok(made)) = (running(pid), made.parse::<u64>()) else {
+                return false;
+            };
+            let age = Duration::from_secs(now.saturating_sub(made));
+            age > ABANDONED_AFTER || (!running && age > ORPHANED_AFTER)
+        }
+        _ => false,
+    }
+}
+
+#[test]
+fn only_databases_left_behind_are_swept() {
+    let now = unix_seconds();
+    let this = std::process::id();
+    // No process has this id (the kernel's limit is below it).
+    let gone = 4_194_304 + 1;
+    let hour = 60 * 60;
+    let named = |pid: u32, made: u64| format!("{PREFIX}{pid}_{made}_0123456789ab");
+    assert!(!left_behind(&named(this, now), now));
+    assert!(
+        !left_behind(&named(gone, now - hour), now),
+        "a run elsewhere"
+    );
+    assert!(left_behind(&named(gone, now - 3 * hour), now));
+    assert!(
+        !left_behind(&named(this, now - 3 * hour), now),
+        "a long run here"
+    );
+    assert!(left_behind(&named(this, now - 25 * hour), now));
+    assert!(left_behind(&format!("{PREFIX}{gone}_0123456789ab"), now));
+    assert!(!left_behind(&format!("{PREFIX}{this}_0123456789ab"), now));
+    assert!(!left_behind(&format!("{PREFIX}other"), now));
+}
+
+/// Drops the test databases that were left behind.
 async fn sweep_stale(admin: &mut PgConnection) {
     let names: Vec<String> =
         sqlx::query_scalar("SELECT datname FROM pg_database WHERE datname LIKE 'cairn\\_test\\_%'")
             .fetch_all(&mut *admin)
             .await
             .unwrap_or_default();
+    let now = unix_seconds();
     for name in names {
-        let pid = name
-            .strip_prefix(PREFIX)
-            .and_then(|rest| rest.split('_').next())
-            .and_then(|pid| pid.parse::<u32>().ok());
-        let Some(pid) = pid else { continue };
-        if std::path::Path::new(&format!("/proc/{pid}")).exists() {
+        if !left_behind(&name, now) {
             continue;
         }
         let sql = format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)");
