@@ -185,6 +185,12 @@ impl Permissions {
         format!("redis://worker:secret@{}", self.server.addr())
     }
 
+    /// Asserts that group `billing` of topic `orders` has nothing pending.
+    async fn assert_settled(&mut self, transport: &RedisTransport) {
+        let key = transport.stream_key("orders");
+        assert!(pending(&mut self.admin, &key, "billing").await.is_empty());
+    }
+
     /// Applies one ACL rule to `worker` (`-xack`, `+xack`, ...).
     async fn set(&mut self, rule: &str) {
         redis::cmd("ACL")
@@ -210,13 +216,11 @@ async fn a_failed_ack_comes_back_as_the_next_attempt_within_the_prefetch() {
     transport.publish("orders", sent.clone()).await.unwrap();
     let first = next(&mut deliveries).await.unwrap();
     let second = next(&mut deliveries).await.unwrap();
-    let quiet = Duration::from_millis(300);
-    assert!(
-        tokio::time::timeout(quiet, deliveries.next())
-            .await
-            .is_err(),
-        "a third delivery while two of a prefetch of two are held"
-    );
+    assert_quiet(
+        &mut deliveries,
+        "a third delivery while two of a prefetch of two are held",
+    )
+    .await;
 
     // The ack fails: its message comes back as the next attempt, and the prefetch still
     // bounds what is handed out meanwhile.
@@ -228,12 +232,11 @@ async fn a_failed_ack_comes_back_as_the_next_attempt_within_the_prefetch() {
     let third = next(&mut deliveries).await.unwrap();
     seen.push((third.message.id, third.attempt));
     // `second` and `third` hold both slots: nothing more until one is answered.
-    assert!(
-        tokio::time::timeout(quiet, deliveries.next())
-            .await
-            .is_err(),
-        "a delivery beyond the prefetch after a failed ack"
-    );
+    assert_quiet(
+        &mut deliveries,
+        "a delivery beyond the prefetch after a failed ack",
+    )
+    .await;
     second.ack().await.unwrap();
     let fourth = next(&mut deliveries).await.unwrap();
     seen.push((fourth.message.id, fourth.attempt));
@@ -247,18 +250,8 @@ async fn a_failed_ack_comes_back_as_the_next_attempt_within_the_prefetch() {
         seen, expected,
         "every message once more after the failed ack"
     );
-    assert!(
-        tokio::time::timeout(quiet, deliveries.next())
-            .await
-            .is_err(),
-        "nothing is left once all are acknowledged"
-    );
-    let key = transport.stream_key("orders");
-    assert!(
-        pending(&mut permissions.admin, &key, "billing")
-            .await
-            .is_empty()
-    );
+    assert_quiet(&mut deliveries, "nothing is left once all are acknowledged").await;
+    permissions.assert_settled(&transport).await;
 }
 
 #[tokio::test]
@@ -304,13 +297,7 @@ async fn a_delayed_nack_stays_the_subscriptions_own_when_its_touches_fail() {
     let more: Vec<Message> = (0..2).map(|n| Message::new("t", format!("{n}"))).collect();
     transport.publish("orders", more.clone()).await.unwrap();
     let third = next(&mut deliveries).await.unwrap();
-    let quiet = Duration::from_millis(300);
-    assert!(
-        tokio::time::timeout(quiet, deliveries.next())
-            .await
-            .is_err(),
-        "a delivery beyond the prefetch"
-    );
+    assert_quiet(&mut deliveries, "a delivery beyond the prefetch").await;
     again.ack().await.unwrap();
     let fourth = next(&mut deliveries).await.unwrap();
     let mut ids = vec![third.message.id, fourth.message.id];
@@ -320,18 +307,8 @@ async fn a_delayed_nack_stays_the_subscriptions_own_when_its_touches_fail() {
     assert_eq!(ids, expected, "the two new messages, each once");
     third.ack().await.unwrap();
     fourth.ack().await.unwrap();
-    assert!(
-        tokio::time::timeout(quiet, deliveries.next())
-            .await
-            .is_err(),
-        "nothing is left once all are acknowledged"
-    );
-    let key = transport.stream_key("orders");
-    assert!(
-        pending(&mut permissions.admin, &key, "billing")
-            .await
-            .is_empty()
-    );
+    assert_quiet(&mut deliveries, "nothing is left once all are acknowledged").await;
+    permissions.assert_settled(&transport).await;
 }
 
 #[tokio::test]
@@ -414,6 +391,17 @@ async fn raw_add(
         command.arg(*name).arg(*value);
     }
     command.query_async(connection).await.unwrap()
+}
+
+/// Asserts that nothing is delivered for a while; `what` says what would be wrong.
+async fn assert_quiet(deliveries: &mut Deliveries, what: &str) {
+    let quiet = Duration::from_millis(300);
+    assert!(
+        tokio::time::timeout(quiet, deliveries.next())
+            .await
+            .is_err(),
+        "{what}"
+    );
 }
 
 async fn next(deliveries: &mut Deliveries) -> Result<Delivery, TransportError> {
