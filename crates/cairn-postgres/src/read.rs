@@ -18,7 +18,9 @@
 //! schema's `cairn_read_all`, which returns the horizon and the highest committed position
 //! with the page, so a read settles (and reads again) only when held-back events belong in
 //! its page; a full forwards page never waits. The wait polls the horizon on the read's
-//! own connection, woken early by this process's commits.
+//! own connection, woken early by this process's commits; after 20 ms it polls the
+//! horizon of this database (`cairn_release_horizon`), which passes the transactions that
+//! provably belong to other databases of the cluster, and the page is read again with it.
 //!
 //! `cairn_read_all` fixes the plan of a page (the primary key in position order, stopping
 //! at the limit) with planner settings of its own: a page costs the same however large the
@@ -57,14 +59,22 @@ const EVENT_COLUMNS: &str = "e.position, s.name, e.revision, e.id, e.event_type,
                              e.content_type, e.metadata, e.payload, e.recorded_us";
 
 /// One page of `$all` with the horizon and the highest committed position of its snapshot
-/// (see `cairn_read_all` in the schema).
-const READ_ALL: &str = "SELECT * FROM cairn_read_all($1, $2, $3, $4, $5, $6)";
+/// (see `cairn_read_all` in the schema); `$7` asks for the database horizon.
+const READ_ALL: &str = "SELECT * FROM cairn_read_all($1, $2, $3, $4, $5, $6, $7)";
 
 const SETTLE: &str = "
     SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint,
            (SELECT max(position) FROM cairn_events)";
 
 const HORIZON: &str = "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint";
+
+/// The horizon that transactions of other databases do not hold back (see
+/// `cairn_release_horizon` in the schema).
+const DATABASE_HORIZON: &str = "SELECT cairn_release_horizon(pg_current_snapshot())";
+
+/// How long a wait for the horizon polls the plain one before it asks for the database
+/// horizon, whose reading takes every partition of the server's lock table.
+const DATABASE_HORIZON_AFTER: Duration = Duration::from_millis(20);
 
 const STREAM_INFO: &str = "
     SELECT s.name, s.lifecycle,
@@ -168,9 +178,12 @@ pub(crate) async fn read_all(store: &PgStore, request: &ReadAll) -> Result<AllPa
         .acquire()
         .await
         .map_err(|error| store.storage("reading $all", error))?;
-    let mut settled = false;
+    // The transaction the horizon must pass (the one of the highest position committed
+    // when the read first found events held back), and by when.
+    let mut settling: Option<(i64, Instant)> = None;
+    let mut database_horizon = false;
     loop {
-        let page = read_all_page(store, &mut conn, request, from, limit).await?;
+        let page = read_all_page(store, &mut conn, request, from, limit, database_horizon).await?;
         let held_back = page.top.filter(|top| *top >= page.horizon);
         let relevant = match request.direction {
             Direction::Forwards => !page.full,
@@ -188,15 +201,26 @@ pub(crate) async fn read_all(store: &PgStore, request: &ReadAll) -> Result<AllPa
             {
                 return Ok(page.into_all_page(request.direction, from));
             }
-            Some(top) if relevant && !settled => {
-                wait_for_horizon(
+            // Not settled yet: also when the read after a wait found the horizon short of
+            // what the wait saw pass (the database horizon can fall back when a
+            // transaction of another database lets go of the lock that told where it
+            // belongs, see `cairn_release_horizon`).
+            Some(top)
+                if relevant
+                    && settling.is_none_or(|(target, _)| page.horizon >> RANK_BITS <= target) =>
+            {
+                let (target, deadline) = *settling.get_or_insert((
+                    top >> RANK_BITS,
+                    Instant::now() + store.inner.options.release_timeout,
+                ));
+                database_horizon = wait_for_horizon(
                     store,
                     &mut conn,
-                    top >> RANK_BITS,
+                    target,
                     page.horizon >> RANK_BITS,
+                    deadline,
                 )
                 .await?;
-                settled = true;
             }
             _ => {
                 // A full page means the subscription is behind: until a read reaches the
@@ -267,6 +291,7 @@ async fn read_all_page(
     request: &ReadAll,
     from: i64,
     limit: usize,
+    database_horizon: bool,
 ) -> Result<RawAllPage, ReadError> {
     let filter = &request.filter;
     let mut rows = sqlx::query(READ_ALL)
@@ -276,6 +301,7 @@ async fn read_all_page(
         .bind(filter.stream_prefix.as_deref())
         .bind(filter.category.as_deref())
         .bind(&filter.event_types)
+        .bind(database_horizon)
         .fetch(&mut *conn);
     let failed = |error| ReadError::Storage(store.storage("reading $all", error));
     let mut events = Vec::new();
@@ -317,17 +343,22 @@ pub(crate) async fn head_position(store: &PgStore) -> Result<Option<Position>, R
     let Some(top) = top else {
         return Ok(None);
     };
-    wait_for_horizon(store, &mut conn, top >> RANK_BITS, horizon).await?;
+    let deadline = Instant::now() + store.inner.options.release_timeout;
+    wait_for_horizon(store, &mut conn, top >> RANK_BITS, horizon, deadline).await?;
     Ok(Some(to_position(top)))
 }
 
 /// Waits until the release horizon passes transaction `target`, given the horizon last
-/// seen (`horizon`, a transaction id): until every transaction that started before
-/// `target` committed has ended.
+/// seen (`horizon`, a transaction id): until every transaction of this database that
+/// started before `target` committed has ended. Says whether it took the database
+/// horizon to pass it, which the read that follows must then use too.
 ///
 /// It polls the horizon, sooner when this process committed something (the transaction
 /// holding the horizon back is most often one of its own appends), at the latest after a
-/// pause that grows from 0.2 to 5 ms, for at most [`release_timeout`].
+/// pause that grows from 0.2 to 5 ms, until `deadline` (a read's [`release_timeout`] from
+/// its first wait). After [`DATABASE_HORIZON_AFTER`] it polls the database horizon
+/// instead, which passes transactions of other databases of the cluster (see the crate
+/// docs, "Gap safety").
 ///
 /// [`release_timeout`]: crate::PgOptions::release_timeout
 async fn wait_for_horizon(
@@ -335,13 +366,15 @@ async fn wait_for_horizon(
     conn: &mut PgConnection,
     target: i64,
     mut horizon: i64,
-) -> Result<(), StorageError> {
+    deadline: Instant,
+) -> Result<bool, StorageError> {
     let failed = |error| store.storage("reading the release horizon", error);
     let mut commits = store.inner.changes.subscribe();
     let started = Instant::now();
     let mut pause = Duration::from_micros(200);
+    let mut database_horizon = false;
     while horizon <= target {
-        if started.elapsed() > store.inner.options.release_timeout {
+        if Instant::now() > deadline {
             return Err(StorageError::new(
                 StorageErrorKind::Unavailable,
                 format!(
@@ -359,12 +392,18 @@ async fn wait_for_horizon(
                 pause = (pause * 2).min(Duration::from_millis(5));
             }
         }
-        horizon = sqlx::query_scalar(HORIZON)
+        database_horizon = started.elapsed() >= DATABASE_HORIZON_AFTER;
+        let query = if database_horizon {
+            DATABASE_HORIZON
+        } else {
+            HORIZON
+        };
+        horizon = sqlx::query_scalar(query)
             .fetch_one(&mut *conn)
             .await
             .map_err(failed)?;
     }
-    Ok(())
+    Ok(database_horizon)
 }
 
 /// What the store knows about one stream.

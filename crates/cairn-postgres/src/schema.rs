@@ -53,10 +53,15 @@ const MIGRATIONS: &[Migration] = &[
         name: "index plans for the write functions",
         sql: include_str!("../migrations/0007_append_plans.sql"),
     },
+    Migration {
+        version: 8,
+        name: "a release horizon of this database",
+        sql: include_str!("../migrations/0008_database_horizon.sql"),
+    },
 ];
 
 /// The schema version this build creates and understands.
-pub const SCHEMA_VERSION: i32 = 7;
+pub const SCHEMA_VERSION: i32 = 8;
 
 /// The advisory lock key that serializes migrators of one database ("cairnmig").
 const MIGRATION_LOCK: i64 = 0x6361_6972_6e6d_6967;

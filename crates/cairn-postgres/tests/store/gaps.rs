@@ -296,3 +296,82 @@ async fn the_harness_catches_a_naive_reader_skipping_late_commits() {
         "the harness should catch the naive reader skipping events committed late: {report:?}"
     );
 }
+
+#[tokio::test]
+async fn transactions_of_other_databases_do_not_hold_back_all_and_this_ones_still_do() {
+    let db = TestDb::create().await;
+    let other = TestDb::create().await;
+    let store = db
+        .store_with(test_options().release_timeout(Duration::from_secs(2)))
+        .await;
+    let append = |stream: &'static str| {
+        let store = store.clone();
+        async move {
+            store
+                .append(
+                    &StreamName::new(stream).unwrap(),
+                    ExpectedRevision::Any,
+                    vec![EventData::new("Held", &b"{}"[..])],
+                )
+                .await
+                .unwrap()
+                .position
+        }
+    };
+
+    // A write transaction of another database of the server, open throughout: its id is
+    // older than the append's, and it holds a lock on its table there.
+    let mut elsewhere = other.connect().await;
+    sqlx::raw_sql("CREATE TABLE work (n int); BEGIN; INSERT INTO work VALUES (1)")
+        .execute(&mut elsewhere)
+        .await
+        .unwrap();
+    let first = append("here").await;
+    let page = store.read_all(ReadAll::forwards()).await.unwrap();
+    assert_eq!(
+        page.events.iter().map(|e| e.position).collect::<Vec<_>>(),
+        vec![first],
+        "$all is read up to the append while the other database's transaction runs"
+    );
+    assert_eq!(store.head_position().await.unwrap(), Some(first));
+    let mut subscription = store.subscribe_all(SubscribeAll::from_start());
+    let delivered = tokio::time::timeout(Duration::from_secs(10), subscription.next())
+        .await
+        .expect("the subscriber is not held back");
+    match delivered {
+        Some(Ok(SubscriptionMessage::Event(event))) => assert_eq!(event.position, first),
+        other => panic!("expected the event, got {other:?}"),
+    }
+    drop(subscription);
+
+    // A transaction of this database still holds the horizon back, lock or not: an event
+    // it writes could still commit below the ones appended after it started.
+    let mut here = db.connect().await;
+    sqlx::raw_sql("CREATE TABLE work (n int); BEGIN; INSERT INTO work VALUES (1)")
+        .execute(&mut here)
+        .await
+        .unwrap();
+    let second = append("here").await;
+    let held = store
+        .read_all(ReadAll::forwards().from_position(Position(first.0 + 1)))
+        .await;
+    match held {
+        Err(cairn_core::ReadError::Storage(error)) => {
+            assert_eq!(error.kind(), cairn_core::StorageErrorKind::Unavailable);
+        }
+        other => panic!("expected the read to wait and give up, got {other:?}"),
+    }
+    sqlx::raw_sql("COMMIT").execute(&mut here).await.unwrap();
+    let page = store
+        .read_all(ReadAll::forwards().from_position(Position(first.0 + 1)))
+        .await
+        .unwrap();
+    assert_eq!(
+        page.events.iter().map(|e| e.position).collect::<Vec<_>>(),
+        vec![second]
+    );
+    sqlx::raw_sql("COMMIT")
+        .execute(&mut elsewhere)
+        .await
+        .unwrap();
+}

@@ -74,14 +74,15 @@ async fn a_page_of_all_reads_about_as_many_rows_as_it_returns_whatever_the_stati
         (i64::MAX, true),
         (i64::try_from(page.next.unwrap().0).unwrap(), false),
     ] {
-        let rows: i64 =
-            sqlx::query_scalar("SELECT count(*) FROM cairn_read_all($1, $2, $3, NULL, NULL, '{}')")
-                .bind(from)
-                .bind(PAGE as i64)
-                .bind(backwards)
-                .fetch_one(&mut *tx)
-                .await
-                .unwrap();
+        let rows: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM cairn_read_all($1, $2, $3, NULL, NULL, '{}', false)",
+        )
+        .bind(from)
+        .bind(PAGE as i64)
+        .bind(backwards)
+        .fetch_one(&mut *tx)
+        .await
+        .unwrap();
         assert_eq!(rows, PAGE as i64);
     }
     let examined = examined(&mut tx).await - before;
