@@ -9,42 +9,51 @@
 --
 -- What is known: a transaction's own ExclusiveLock on its transaction id, and any lock it
 -- holds that names a database, are held by one virtual transaction, in one read of
--- pg_locks. A backend takes locks naming only its own database (or 0, for objects shared
--- by the cluster), and a virtual transaction id is never reused, so a transaction holding
--- a lock in another database is a transaction of that database, whenever pg_locks was
--- read. A transaction with no such lock (it has locked nothing in its database yet) is
--- kept in flight, as before. pg_locks shows 32-bit transaction ids; those in flight lie
--- within 2^31 of each other, so their low 32 bits tell them apart.
+-- pg_locks. A transaction locks objects of its own database, or of none (0, for objects
+-- the cluster shares), with one exception: CREATE DATABASE locks relations of the
+-- template and of the new database. It cannot run inside a transaction block and writes
+-- no events, so taking it for a transaction of another database loses nothing. While a
+-- transaction's id is in the snapshot its backend keeps its virtual transaction id, so a
+-- transaction holding a lock in another database, whenever pg_locks was read, is a
+-- transaction of that database. Transactions that have locked nothing in their database
+-- (and DROP DATABASE, whose locks name none) still hold the horizon back. pg_locks shows
+-- 32-bit transaction ids; those in flight lie within 2^31 of each other, so their low 32
+-- bits tell them apart.
 --
--- Reading pg_locks takes every partition of the lock table, so the store uses this
--- horizon only once a read has waited for the plain one a while.
+-- Reading pg_locks takes every partition of the lock table (and reads every backend's
+-- fast-path locks), so the store asks for this horizon only when the plain one has not
+-- moved for a while, and not often.
 
 -- The release horizon of snapshot snap, as a transaction id: its oldest transaction in
--- flight that is not known to be of another database, or its xmax when there is none.
+-- flight that is not known to be of another database, or its xmax when there is none;
+-- never above the caller's own transaction (which the snapshot does not list as in
+-- flight), and the plain horizon on a standby (whose snapshots list no transactions of
+-- the primary as in flight).
 CREATE FUNCTION cairn_release_horizon(snap pg_snapshot) RETURNS bigint
 LANGUAGE sql STABLE AS $$
-    WITH locks AS MATERIALIZED (
-        SELECT l.locktype, l.database, l.transactionid, l.virtualtransaction, l.mode
+    WITH holders AS (
+        SELECT bool_or(l.database IS NOT NULL AND l.database <> 0
+                       AND l.database <> (SELECT d.oid FROM pg_database d
+                                          WHERE d.datname = current_database()))
+                   AS elsewhere,
+               array_agg(l.transactionid::text::bigint)
+                   FILTER (WHERE l.locktype = 'transactionid' AND l.mode = 'ExclusiveLock')
+                   AS xids
         FROM pg_locks l
         WHERE l.granted
+        GROUP BY l.virtualtransaction
     ),
-    -- Virtual transactions holding a lock in another database.
-    foreign_holders AS (
-        SELECT DISTINCT l.virtualtransaction
-        FROM locks l
-        WHERE l.database IS NOT NULL AND l.database <> 0
-          AND l.database <> (SELECT d.oid FROM pg_database d
-                             WHERE d.datname = current_database())
-    ),
-    -- Their transaction ids (each transaction holds its own id's lock exclusively).
     elsewhere AS (
-        SELECT l.transactionid::text::bigint AS xid32
-        FROM locks l JOIN foreign_holders f ON f.virtualtransaction = l.virtualtransaction
-        WHERE l.locktype = 'transactionid' AND l.mode = 'ExclusiveLock'
+        SELECT unnest(h.xids) AS xid32 FROM holders h WHERE h.elsewhere
     )
-    SELECT COALESCE(min(x::text::bigint), pg_snapshot_xmax(snap)::text::bigint)
-    FROM pg_snapshot_xip(snap) AS x
-    WHERE (x::text::bigint & 4294967295) NOT IN (SELECT e.xid32 FROM elsewhere e)
+    SELECT CASE WHEN pg_is_in_recovery() THEN pg_snapshot_xmin(snap)::text::bigint
+                ELSE LEAST(
+                    (SELECT COALESCE(min(x::text::bigint), pg_snapshot_xmax(snap)::text::bigint)
+                     FROM pg_snapshot_xip(snap) AS x
+                     WHERE NOT EXISTS (SELECT 1 FROM elsewhere e
+                                       WHERE e.xid32 = (x::text::bigint & 4294967295))),
+                    pg_current_xact_id_if_assigned()::text::bigint)
+           END
 $$;
 
 -- cairn_read_all as in schema version 3, with one more argument: when database_horizon

@@ -68,10 +68,10 @@
 //! of this database is still running, and `$all` reads wait for it
 //! ([`PgOptions::release_timeout`]); long transactions, including the application's own
 //! around [`PgStore::append_in_tx`], delay `$all` readers. Transaction ids belong to the
-//! whole cluster, so the plain horizon also waits for other databases' transactions; a
-//! read that has waited 20 ms asks for the horizon of this database instead
+//! whole cluster, so the plain horizon also waits for other databases' transactions; when
+//! it has not moved for 20 ms, a read also asks for the horizon of this database
 //! (`cairn_release_horizon`), which passes every transaction that holds a lock in another
-//! database (one that has locked nothing there yet still counts). One transaction writes at most
+//! database (one that has locked nothing there yet, and `DROP DATABASE`, still count). One transaction writes at most
 //! [`MAX_EVENTS_PER_TRANSACTION`] events, and positions stay within `bigint` for 2^43
 //! transaction ids of the cluster's life.
 //!

@@ -72,9 +72,12 @@ const HORIZON: &str = "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::big
 /// `cairn_release_horizon` in the schema).
 const DATABASE_HORIZON: &str = "SELECT cairn_release_horizon(pg_current_snapshot())";
 
-/// How long a wait for the horizon polls the plain one before it asks for the database
+/// How long the plain horizon must stand still before a wait asks for the database
 /// horizon, whose reading takes every partition of the server's lock table.
 const DATABASE_HORIZON_AFTER: Duration = Duration::from_millis(20);
+
+/// How often, at most, one wait asks for the database horizon.
+const DATABASE_HORIZON_EVERY: Duration = Duration::from_millis(50);
 
 const STREAM_INFO: &str = "
     SELECT s.name, s.lifecycle,
@@ -356,9 +359,10 @@ pub(crate) async fn head_position(store: &PgStore) -> Result<Option<Position>, R
 /// It polls the horizon, sooner when this process committed something (the transaction
 /// holding the horizon back is most often one of its own appends), at the latest after a
 /// pause that grows from 0.2 to 5 ms, until `deadline` (a read's [`release_timeout`] from
-/// its first wait). After [`DATABASE_HORIZON_AFTER`] it polls the database horizon
-/// instead, which passes transactions of other databases of the cluster (see the crate
-/// docs, "Gap safety").
+/// its first wait). Once the plain horizon has not moved for [`DATABASE_HORIZON_AFTER`],
+/// it also reads the database horizon, every [`DATABASE_HORIZON_EVERY`] at most, which
+/// passes transactions of other databases of the cluster (see the crate docs, "Gap
+/// safety").
 ///
 /// [`release_timeout`]: crate::PgOptions::release_timeout
 async fn wait_for_horizon(
@@ -370,8 +374,11 @@ async fn wait_for_horizon(
 ) -> Result<bool, StorageError> {
     let failed = |error| store.storage("reading the release horizon", error);
     let mut commits = store.inner.changes.subscribe();
-    let started = Instant::now();
     let mut pause = Duration::from_micros(200);
+    // The plain horizon last read, and when the database horizon may be read next: once
+    // the plain one has not moved for a while, and then not often.
+    let mut plain = horizon;
+    let mut database_at = Instant::now() + DATABASE_HORIZON_AFTER;
     let mut database_horizon = false;
     while horizon <= target {
         if Instant::now() > deadline {
@@ -392,16 +399,29 @@ async fn wait_for_horizon(
                 pause = (pause * 2).min(Duration::from_millis(5));
             }
         }
-        database_horizon = started.elapsed() >= DATABASE_HORIZON_AFTER;
-        let query = if database_horizon {
-            DATABASE_HORIZON
-        } else {
-            HORIZON
-        };
-        horizon = sqlx::query_scalar(query)
+        let read: i64 = sqlx::query_scalar(HORIZON)
             .fetch_one(&mut *conn)
             .await
             .map_err(failed)?;
+        let now = Instant::now();
+        if read > plain {
+            plain = read;
+            database_at = database_at.max(now + DATABASE_HORIZON_AFTER);
+        }
+        horizon = plain;
+        database_horizon = false;
+        if horizon <= target && now >= database_at {
+            // Stuck, perhaps on a transaction of another database.
+            database_at = now + DATABASE_HORIZON_EVERY;
+            let database: i64 = sqlx::query_scalar(DATABASE_HORIZON)
+                .fetch_one(&mut *conn)
+                .await
+                .map_err(failed)?;
+            if database > horizon {
+                horizon = database;
+                database_horizon = true;
+            }
+        }
     }
     Ok(database_horizon)
 }
