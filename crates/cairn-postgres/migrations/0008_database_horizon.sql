@@ -31,7 +31,8 @@
 -- the primary as in flight).
 CREATE FUNCTION cairn_release_horizon(snap pg_snapshot) RETURNS bigint
 LANGUAGE sql STABLE AS $$
-    WITH holders AS (
+    -- pg_locks is read once per call (materialized), whatever the plan of the rest.
+    WITH holders AS MATERIALIZED (
         SELECT bool_or(l.database IS NOT NULL AND l.database <> 0
                        AND l.database <> (SELECT d.oid FROM pg_database d
                                           WHERE d.datname = current_database()))
