@@ -44,7 +44,7 @@ use crate::ids::MergeJob;
 use crate::index::{Effect, Index, PremixedMap, id_key, label_hash};
 use crate::options::Durability;
 use crate::scan::LogReader;
-use crate::segments::{Segments, WRITER_ZERO_STEP};
+use crate::segments::{Segments, WRITER_ZERO_STEP, zeros_pay};
 use crate::storage::StorageFile;
 
 /// The largest encoding buffer the planner keeps between batches; a rare huge batch gives
@@ -53,7 +53,7 @@ const MAX_SPARE_BUFFER: usize = 16 << 20;
 
 /// A request to the preallocator: the base of the segment to prepare, and about when the
 /// writer will need it.
-type Prepare = (u64, std::time::Duration);
+type Prepare = (u64, std::time::Duration, u64);
 
 /// What the store's handles and its writer share.
 pub(crate) struct Shared {
@@ -80,6 +80,8 @@ pub(crate) struct Progress {
     in_flight: AtomicU64,
     /// Moving average of a flush, in microseconds. Written by whoever flushes.
     flush_micros: AtomicU64,
+    /// Moving average of the bytes a flush made durable. Written by the committer.
+    flush_bytes: AtomicU64,
     /// Moving average of planning and writing a batch, in microseconds. Written by the
     /// planner.
     plan_micros: AtomicU64,
@@ -112,7 +114,14 @@ impl Progress {
 
     /// Folds a new sample into a moving average of durations.
     fn average(average: &AtomicU64, sample: std::time::Duration) {
-        let sample = u64::try_from(sample.as_micros()).unwrap_or(u64::MAX);
+        Self::fold(
+            average,
+            u64::try_from(sample.as_micros()).unwrap_or(u64::MAX),
+        );
+    }
+
+    /// Folds a new sample into a moving average.
+    fn fold(average: &AtomicU64, sample: u64) {
         let old = average.load(Ordering::Relaxed);
         let new = if old == 0 {
             sample
@@ -304,6 +313,7 @@ pub(crate) fn spawn(
         durability,
         file: None,
         dirty: None,
+        unflushed: 0,
         last_sync: Instant::now(),
     }));
     let syncer = Syncer {
@@ -659,8 +669,8 @@ impl Planner {
         let spawned = std::thread::Builder::new()
             .name("cairn-log-prealloc".to_owned())
             .spawn(move || {
-                for (base, needed_in) in receiver {
-                    if let Err(error) = shared.segments.prepare(base, needed_in) {
+                for (base, needed_in, flush_bytes) in receiver {
+                    if let Err(error) = shared.segments.prepare(base, needed_in, flush_bytes) {
                         tracing::warn!(%error, base, "preallocating a segment failed");
                     }
                 }
@@ -1145,7 +1155,9 @@ impl Planner {
         let Some(zeroed_to) = self.zeroed_to else {
             return Ok(());
         };
-        if self.write_at < zeroed_to {
+        if self.write_at < zeroed_to
+            || !zeros_pay(self.shared.progress.flush_bytes.load(Ordering::Relaxed))
+        {
             return Ok(());
         }
         let segment_end = self.base + self.shared.segments.size();
@@ -1222,7 +1234,8 @@ impl Planner {
         if let Some((sender, _)) = &self.preallocator {
             // Writing the first half took this long; the second half will take about
             // as long, and then the next segment is needed.
-            let _ = sender.send((self.base + size, self.rolled_at.elapsed()));
+            let flush_bytes = self.shared.progress.flush_bytes.load(Ordering::Relaxed);
+            let _ = sender.send((self.base + size, self.rolled_at.elapsed(), flush_bytes));
         }
         self.prepared_next = true;
     }
@@ -1295,6 +1308,8 @@ struct Committer {
     /// The last frame's sequence number written but not yet flushed, in the weaker
     /// durability modes.
     dirty: Option<u64>,
+    /// Bytes of the frames written since the last flush.
+    unflushed: u64,
     last_sync: Instant,
 }
 
@@ -1321,6 +1336,10 @@ impl Committer {
         }
         self.dirty = None;
         self.last_sync = Instant::now();
+        Progress::fold(
+            &self.shared.progress.flush_bytes,
+            std::mem::take(&mut self.unflushed),
+        );
         self.shared
             .progress
             .synced_sequence
@@ -1350,6 +1369,10 @@ impl Committer {
         if let Some(sequence) = last_sequence {
             self.dirty = Some(sequence);
         }
+        self.unflushed += frames
+            .iter()
+            .map(|&(_, start, end)| end - start)
+            .sum::<u64>();
         let due = match self.durability {
             Durability::Always => true,
             Durability::Interval(every) => self.flush_due(every).is_some_and(|t| t.is_zero()),
