@@ -290,8 +290,14 @@ pub fn validate_appends(appends: &[StreamAppend], limits: StoreLimits) -> Result
             )));
         }
     }
-    let events: usize = appends.iter().map(|a| a.events.len()).sum();
-    if events > 1 {
+    // Ids that strictly increase (those of one generator, as `new_id` makes them) are
+    // distinct without a sort or an allocation.
+    let mut ids = appends.iter().flat_map(|a| a.events.iter().map(|e| e.id));
+    let increasing = ids.next().is_none_or(|first| {
+        ids.try_fold(first, |last, id| (id > last).then_some(id))
+            .is_some()
+    });
+    if !increasing {
         let mut ids: Vec<Uuid> = appends
             .iter()
             .flat_map(|a| a.events.iter().map(|e| e.id))
@@ -398,11 +404,34 @@ mod tests {
             validate_appends(&twice, limits),
             Err(WriteError::InvalidRequest { .. })
         ));
-        let same_id = StreamAppend::new(stream("a"), ExpectedRevision::Any, vec![ok.clone(), ok]);
+        let same_id = StreamAppend::new(
+            stream("a"),
+            ExpectedRevision::Any,
+            vec![ok.clone(), ok.clone()],
+        );
         assert!(matches!(
             validate_appends(&[same_id], limits),
             Err(WriteError::InvalidRequest { .. })
         ));
+        // Increasing up to the repeat, and across streams.
+        let later = EventData::new("T", &b"{}"[..]);
+        let apart = vec![
+            StreamAppend::new(stream("a"), ExpectedRevision::Any, vec![ok.clone()]),
+            StreamAppend::new(
+                stream("b"),
+                ExpectedRevision::Any,
+                vec![later.clone(), ok.clone()],
+            ),
+        ];
+        assert!(matches!(
+            validate_appends(&apart, limits),
+            Err(WriteError::InvalidRequest { .. })
+        ));
+        // Distinct ids in any order are fine.
+        let third = EventData::new("T", &b"{}"[..]);
+        let backwards =
+            StreamAppend::new(stream("a"), ExpectedRevision::Any, vec![third, later, ok]);
+        assert!(validate_appends(&[backwards], limits).is_ok());
         let no_type = StreamAppend::new(
             stream("a"),
             ExpectedRevision::Any,
