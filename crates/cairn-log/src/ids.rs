@@ -24,6 +24,12 @@
 //! (an id forgotten meanwhile is forgotten again in its result). Opening a store and
 //! closing it merge everything in place, so a store at rest holds only the compact base.
 //!
+//! It also keeps its **ceiling**, the greatest id it was ever given (ids compare as 128-bit
+//! numbers). An id above it was never recorded, which takes no lookup at all: ids made by
+//! one generator as UUID v7 (time first, then a counter) increase, so a new event's id is
+//! almost always above every id recorded before it. The ceiling never comes down (a
+//! scavenge's forgotten ids stay under it), and a snapshot keeps it.
+//!
 //! It is not a set of ids: it never answers "absent" for an id it holds, but it may offer
 //! positions of other ids, and a scavenge's forgotten ids simply stop being offered.
 
@@ -138,6 +144,8 @@ pub(crate) struct IdIndex {
     /// Whether a recent id lies beyond what the arrays hold (a log past 256 TiB): such
     /// ids stay recent, so merges then run in place only.
     huge: bool,
+    /// The greatest id ever recorded here (nil while none was): no id above it was.
+    ceiling: Uuid,
 }
 
 /// The base: every older id in sorted arrays (see the module documentation).
@@ -349,6 +357,7 @@ impl IdIndex {
     /// here ([`IdIndex::merge`]) or away from the index ([`IdIndex::start_merge`]). Only
     /// when nothing merges for long does an insert merge by itself.
     pub(crate) fn insert(&mut self, id: Uuid, position: u64) {
+        self.raise_ceiling(id);
         match self.recent.keys.entry(id_key(id)) {
             std::collections::hash_map::Entry::Occupied(_) => {
                 self.recent.overflow.insert(id, position);
@@ -374,20 +383,37 @@ impl IdIndex {
         self.frozen.is_none() && !self.huge && self.recent.len() >= self.merge_threshold()
     }
 
-    /// Every position where `id` may be recorded: the caller checks each.
+    /// Raises the ceiling to `id` if it is above: `id` is being recorded where this index
+    /// does not see it yet (a replay gathers ids apart and merges them at its end).
+    pub(crate) fn raise_ceiling(&mut self, id: Uuid) {
+        self.ceiling = self.ceiling.max(id);
+    }
+
+    /// Every position where `id` may be recorded: the caller checks each. None, without a
+    /// lookup, for an id above the ceiling.
     pub(crate) fn candidates(&self, id: Uuid) -> impl Iterator<Item = u64> + '_ {
-        let key = id_key(id);
-        self.recent
-            .candidates(id, key)
-            .chain(
-                self.frozen
-                    .iter()
-                    .flat_map(move |frozen| frozen.candidates(id, key)),
-            )
-            .chain(self.base.candidates(short_key(key)))
-            .filter(move |&position| {
-                self.forgotten.is_empty() || !self.forgotten.contains(&(id, position))
+        (id <= self.ceiling)
+            .then(|| {
+                let key = id_key(id);
+                self.recent
+                    .candidates(id, key)
+                    .chain(
+                        self.frozen
+                            .iter()
+                            .flat_map(move |frozen| frozen.candidates(id, key)),
+                    )
+                    .chain(self.base.candidates(short_key(key)))
+                    .filter(move |&position| {
+                        self.forgotten.is_empty() || !self.forgotten.contains(&(id, position))
+                    })
             })
+            .into_iter()
+            .flatten()
+    }
+
+    /// The greatest id ever recorded (nil while none was).
+    pub(crate) fn ceiling(&self) -> Uuid {
+        self.ceiling
     }
 
     /// Forgets that `id` is at `position` (a scavenge removed the event).
@@ -446,7 +472,9 @@ impl IdIndex {
     }
 
     /// Merges every recent id and the ids in `more` (event id key, position; none of them
-    /// already here) into the base: how a replay of the log adds its ids in one go.
+    /// already here) into the base: how a replay of the log adds its ids in one go. The
+    /// caller raises the ceiling for each of them ([`IdIndex::raise_ceiling`]): only keys
+    /// come here.
     pub(crate) fn merge_with(&mut self, more: Vec<(u64, u64)>) {
         let mut fresh = more;
         let (keys, mut overflow) = std::mem::take(&mut self.recent).parts();
@@ -494,6 +522,7 @@ impl IdIndex {
         high: Vec<u16>,
         recent: impl IntoIterator<Item = (u64, u64)>,
         overflow: impl IntoIterator<Item = (Uuid, u64)>,
+        ceiling: Uuid,
     ) -> Option<Self> {
         let len = tags.len();
         if low.len() != len || high.len() != len {
@@ -529,6 +558,9 @@ impl IdIndex {
             .values()
             .chain(recent.overflow.values())
             .any(|&position| position >= POSITION_LIMIT);
+        if recent.overflow.keys().any(|&id| id > ceiling) {
+            return None;
+        }
         Some(Self {
             base: Arc::new(Sorted {
                 dir,
@@ -538,6 +570,7 @@ impl IdIndex {
             }),
             recent,
             huge,
+            ceiling,
             ..Self::default()
         })
     }
@@ -677,6 +710,7 @@ mod tests {
         // `insert` puts an id whose key is taken.
         let other = Uuid::now_v7();
         index.recent.overflow.insert(other, 9);
+        index.raise_ceiling(other);
         assert_eq!(candidates(&index, other), vec![9]);
         index.merge();
         assert!(index.recent.overflow.is_empty());
@@ -694,6 +728,10 @@ mod tests {
         index.merge();
         index.insert(Uuid::now_v7(), 999_999);
         let bulk: Vec<Uuid> = (0..500).map(|_| Uuid::now_v7()).collect();
+        // As a replay does: the ceiling learns the ids as they are gathered.
+        for &id in &bulk {
+            index.raise_ceiling(id);
+        }
         index.merge_with(
             bulk.iter()
                 .enumerate()
@@ -780,11 +818,27 @@ mod tests {
             high.to_vec(),
             recent,
             overflow,
+            index.ceiling(),
         )
         .unwrap();
+        assert_eq!(restored.ceiling(), index.ceiling());
         for (n, &id) in ids.iter().enumerate() {
             assert!(restored.candidates(id).any(|p| p == n as u64));
         }
+        // An overflow id above the ceiling contradicts it.
+        let above = Uuid::from_u128(index.ceiling().as_u128() + 1);
+        assert!(
+            IdIndex::from_parts(
+                dir.to_vec(),
+                tags.to_vec(),
+                low.to_vec(),
+                high.to_vec(),
+                [],
+                [(above, 7)],
+                index.ceiling(),
+            )
+            .is_none()
+        );
         let mut short_dir = dir.to_vec();
         short_dir.pop();
         assert!(
@@ -794,9 +848,51 @@ mod tests {
                 low.to_vec(),
                 high.to_vec(),
                 [],
-                []
+                [],
+                index.ceiling(),
             )
             .is_none()
         );
+    }
+
+    #[test]
+    fn ids_above_the_ceiling_have_none_and_every_other_keeps_its_candidates() {
+        let mut index = IdIndex::default();
+        assert_eq!(index.ceiling(), Uuid::nil());
+        // Out of order, through merges, with forgotten ids: the ceiling is the greatest.
+        let mut ids: Vec<Uuid> = (0..5000u128)
+            .map(|n| Uuid::from_u128(n.wrapping_mul(0x9E37_79B9_7F4A_7C15_F39C_C060_5CED_C835)))
+            .collect();
+        let greatest = *ids.iter().max().unwrap();
+        ids.rotate_left(1234);
+        for (n, &id) in ids.iter().enumerate() {
+            index.insert(id, n as u64);
+            if n == 3000 {
+                index.merge();
+            }
+        }
+        index.forget(
+            greatest,
+            ids.iter().position(|&id| id == greatest).unwrap() as u64,
+        );
+        index.merge();
+        assert_eq!(index.ceiling(), greatest);
+        for (n, &id) in ids.iter().enumerate() {
+            if id != greatest {
+                assert!(index.candidates(id).any(|p| p == n as u64), "id {n}");
+            }
+        }
+        // An id whose key is one a recorded id has, but above the ceiling: not offered
+        // (below it, the same key would offer that id's position).
+        let above = Uuid::from_u128(greatest.as_u128() + 1);
+        assert_eq!(candidates(&index, above), Vec::<u64>::new());
+        index.insert(above, 9999);
+        assert_eq!(index.ceiling(), above);
+        assert_eq!(candidates(&index, above), vec![9999]);
+        // Raising it from outside (a replay's ids) works the same.
+        let beyond = Uuid::from_u128(above.as_u128() + 5);
+        index.raise_ceiling(beyond);
+        index.raise_ceiling(greatest);
+        assert_eq!(index.ceiling(), beyond);
     }
 }

@@ -623,7 +623,10 @@ impl Index {
     /// Records that event `id` is at `position` (see [`Index::apply_but_id`]).
     pub(crate) fn insert_id(&mut self, id: Uuid, position: u64) {
         match &mut self.replay {
-            Some(replay) => replay.ids.push((id_key(id), position)),
+            Some(replay) => {
+                replay.ids.push((id_key(id), position));
+                self.ids.raise_ceiling(id);
+            }
             None => self.ids.insert(id, position),
         }
     }

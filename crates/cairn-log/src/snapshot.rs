@@ -18,7 +18,7 @@ use crate::segments::Segments;
 use crate::storage::{OpenMode, Storage};
 
 const MAGIC: &[u8; 8] = b"CAIRNIDX";
-const VERSION: u32 = 2;
+const VERSION: u32 = 3;
 const FILE: &str = "snapshot";
 const TEMP: &str = "snapshot.tmp";
 
@@ -137,6 +137,7 @@ pub(crate) fn encode(index: &Index) -> Vec<u8> {
         buf.extend_from_slice(id.as_bytes());
         buf.extend_from_slice(&position.to_le_bytes());
     }
+    buf.extend_from_slice(index.ids.ceiling().as_bytes());
     for labels in [&index.categories, &index.event_types] {
         buf.extend_from_slice(&(labels.len() as u64).to_le_bytes());
         for (hash, regions) in labels {
@@ -337,8 +338,20 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<Index, FormatError> {
             Ok((Uuid::from_bytes(id), cursor.u64()?))
         })
         .collect::<Result<Vec<(Uuid, u64)>, FormatError>>()?;
-    index.ids =
-        IdIndex::from_parts(dir, tags, low, high, recent, overflow).ok_or(FormatError::Length)?;
+    let ceiling: [u8; 16] = cursor
+        .take(16)?
+        .try_into()
+        .map_err(|_| FormatError::Truncated)?;
+    index.ids = IdIndex::from_parts(
+        dir,
+        tags,
+        low,
+        high,
+        recent,
+        overflow,
+        Uuid::from_bytes(ceiling),
+    )
+    .ok_or(FormatError::Length)?;
     for labels in [&mut index.categories, &mut index.event_types] {
         for _ in 0..cursor.count(9)? {
             let hash = cursor.u64()?;

@@ -685,6 +685,43 @@ async fn weaker_durability_modes_acknowledge_and_flush_on_close() {
     }
 }
 
+/// Appends each of `events` again, alone and as it was recorded: each is recognised as a
+/// retry (its first result, nothing written), and its id with other content is refused.
+async fn retries_are_recognised(store: &LogStore, events: &[RecordedEvent]) {
+    for event in events {
+        let data = EventData {
+            id: event.id,
+            event_type: event.event_type.clone(),
+            payload: event.payload.clone(),
+            content_type: event.content_type.clone(),
+            metadata: event.metadata.clone(),
+        };
+        let again = store
+            .append(&event.stream, ExpectedRevision::Any, vec![data.clone()])
+            .await
+            .expect("a retry is acknowledged");
+        assert_eq!(
+            (again.revision, again.position),
+            (event.revision, event.position),
+            "retry of {}",
+            event.id
+        );
+        let other = EventData {
+            payload: Vec::from(&b"other"[..]).into(),
+            ..data
+        };
+        let reused = store
+            .append(&event.stream, ExpectedRevision::Any, vec![other])
+            .await;
+        assert!(
+            matches!(reused, Err(WriteError::EventIdReused { id }) if id == event.id),
+            "{} with other content: {reused:?}",
+            event.id
+        );
+    }
+    assert_eq!(everything(store).await, events, "the retries wrote nothing");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_snapshot_open_sees_exactly_what_a_full_replay_sees() {
     let storage = FaultyStorage::new(31);
@@ -731,18 +768,18 @@ async fn a_snapshot_open_sees_exactly_what_a_full_replay_sees() {
     storage.power_cut();
     let after_crash = {
         let store = LogStore::open("/data", faulty_options(&storage)).expect("reopens");
-        (
-            everything(&store).await,
-            store.list_streams(None, 100).await.expect("lists"),
-        )
+        let events = everything(&store).await;
+        // Event ids too: those in the snapshot and those replayed after it.
+        retries_are_recognised(&store, &events).await;
+        (events, store.list_streams(None, 100).await.expect("lists"))
     };
+    storage.power_cut();
     forget_snapshot(&storage);
     let full_replay = {
         let store = LogStore::open("/data", faulty_options(&storage)).expect("reopens");
-        (
-            everything(&store).await,
-            store.list_streams(None, 100).await.expect("lists"),
-        )
+        let events = everything(&store).await;
+        retries_are_recognised(&store, &events).await;
+        (events, store.list_streams(None, 100).await.expect("lists"))
     };
     assert_eq!(
         after_crash, full_replay,
