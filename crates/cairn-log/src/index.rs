@@ -321,6 +321,10 @@ pub(crate) struct Index {
     pub(crate) categories: PremixedMap<Regions>,
     /// Event type hash → the regions holding events of that type.
     pub(crate) event_types: PremixedMap<Regions>,
+    /// The category, event type and region of the last event noted in `categories` and
+    /// `event_types`: an event like it is already there (regions only grow, in log order),
+    /// which spares most events of a batch both lookups.
+    last_noted: Option<(u64, u64, u32)>,
     /// Segment base → where its batches lie.
     pub(crate) segments: BTreeMap<u64, SegmentMap>,
     /// The global offset right after the last durable batch.
@@ -712,8 +716,11 @@ impl Index {
         }
         let (id, position, event_type) = new_id?;
         let region = region_of(position.0);
-        note_region(self.categories.entry(category).or_default(), region);
-        note_region(self.event_types.entry(event_type).or_default(), region);
+        if self.last_noted != Some((category, event_type, region)) {
+            note_region(self.categories.entry(category).or_default(), region);
+            note_region(self.event_types.entry(event_type).or_default(), region);
+            self.last_noted = Some((category, event_type, region));
+        }
         self.head = Some(position);
         Some((id, position.0))
     }
@@ -781,6 +788,54 @@ mod tests {
         assert_eq!(index.id_candidates(second).collect::<Vec<_>>(), vec![200]);
         assert_eq!(index.head, Some(Position(200)));
         assert!(index.all_visible());
+    }
+
+    #[test]
+    fn categories_and_event_types_learn_every_region_they_appear_in() {
+        let mut index = Index::new();
+        let mut revisions = HashMap::new();
+        let (x, y) = (label_hash("X"), label_hash("Y"));
+        // (stream, event type, position): runs of alike events, and changes of category,
+        // type or region alone.
+        let events = [
+            ("a-1", x, 100),
+            ("a-1", x, 200),
+            ("a-1", y, 300),
+            ("a-1", x, 400),
+            ("b-1", x, 500),
+            ("a-1", x, REGION + 100),
+            ("a-1", x, REGION + 200),
+            ("b-1", y, 3 * REGION),
+            ("a-1", y, 3 * REGION + 100),
+        ];
+        for (stream, event_type, position) in events {
+            let revision = revisions.entry(stream).or_insert(0u64);
+            index.apply(&Effect::Event {
+                stream: name(stream),
+                revision: Revision(*revision),
+                position: Position(position),
+                id: Uuid::now_v7(),
+                event_type,
+            });
+            *revision += 1;
+        }
+        let regions = |category: Option<&str>, event_type: &str| {
+            index.candidate_regions(category, &[event_type.to_owned()], 0)
+        };
+        assert_eq!(regions(Some("a"), "X"), Some(vec![0, 1]));
+        assert_eq!(regions(Some("a"), "Y"), Some(vec![0, 3]));
+        assert_eq!(regions(Some("b"), "X"), Some(vec![0]));
+        // Categories and types are kept apart: a region with a `b` and a `Y` is offered.
+        assert_eq!(regions(Some("b"), "Y"), Some(vec![0, 3]));
+        assert_eq!(index.candidate_regions(Some("b"), &[], 0), Some(vec![0, 3]));
+        assert_eq!(
+            index.candidate_regions(None, &["X".to_owned()], 0),
+            Some(vec![0, 1])
+        );
+        assert_eq!(
+            index.candidate_regions(None, &["Y".to_owned()], 0),
+            Some(vec![0, 3])
+        );
     }
 
     #[test]
