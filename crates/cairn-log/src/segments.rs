@@ -40,7 +40,7 @@ use crate::storage::{OpenMode, Storage, StorageFile};
 /// the bytes written. Measured here with one writer flushing after each write, counting
 /// the zeros' own writing and flushing: 64 KiB flushes went 232 MB/s over zeros against
 /// 177 MB/s sparse, 128 KiB ones 393 against 430, and 256 KiB ones 512 against 641. So
-/// while the writer's flushes average [`LARGE_FLUSH`] or more (large batches, or the
+/// while the writer's flushes average 128 KiB or more (large batches, or the
 /// weaker durability modes), neither the filler nor the writer writes zeros.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Preallocation {
