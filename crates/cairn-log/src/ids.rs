@@ -443,7 +443,13 @@ impl IdIndex {
         if !self.merge_due() {
             return None;
         }
-        let frozen = Arc::new(std::mem::take(&mut self.recent));
+        // Sized for the next merge up front: growing to it rehashed every id on the way.
+        let next = MIN_MERGE.max((self.base.tags.len() + self.recent.len()) / 4);
+        let fresh = Recent {
+            keys: RecentMap::with_capacity_and_hasher(next, Default::default()),
+            overflow: HashMap::new(),
+        };
+        let frozen = Arc::new(std::mem::replace(&mut self.recent, fresh));
         self.frozen = Some(Arc::clone(&frozen));
         self.merges += 1;
         Some(MergeJob {

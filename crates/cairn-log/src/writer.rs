@@ -432,6 +432,9 @@ struct Overlay {
     streams: HashTable<OverlayStream>,
     /// Planned events by [`id_key`] of their id.
     ids: PremixedMap<Pending>,
+    /// The greatest id ever planned (nil before any): `ids` holds none above it, so an id
+    /// above it needs no lookup there.
+    ceiling: Uuid,
     /// Per batch: the id keys and the streams (with their hashes) it added, to forget
     /// once applied.
     batches: VecDeque<PlannedBatch>,
@@ -499,6 +502,7 @@ impl Overlay {
     }
 
     fn add_event(&mut self, pending: Pending) {
+        self.ceiling = self.ceiling.max(pending.id);
         let key = id_key(pending.id);
         if let Some((_, keys, _)) = self.batches.back_mut() {
             keys.push(key);
@@ -825,11 +829,14 @@ impl Planner {
         // Batches applied to the index stay in the overlay while a caller's check may need
         // them; their events are looked up in the index, as before the batch was applied
         // (a scavenge may have removed them since, and forgets their ids there).
-        let pending = self
-            .overlay
-            .ids
-            .get(&id_key(data.id))
-            .filter(|p| p.id == data.id);
+        let pending = if data.id > self.overlay.ceiling {
+            None
+        } else {
+            self.overlay
+                .ids
+                .get(&id_key(data.id))
+                .filter(|p| p.id == data.id)
+        };
         let index_checked = index_checked && pending.is_none();
         if let Some(pending) = pending.filter(|p| p.batch > self.applied) {
             let same_content = if pending.batch == self.batch_number {
