@@ -751,23 +751,31 @@ async fn a_snapshot_open_sees_exactly_what_a_full_replay_sees() {
         storage.contents(snapshot).is_some(),
         "a clean close writes a snapshot"
     );
-    let from_snapshot = {
+    let (from_snapshot, crashed) = {
         let store = LogStore::open("/data", faulty_options(&storage)).expect("opens");
-        // Appended after the snapshot: the next open replays only this tail.
-        store
-            .append(
-                &name("s-4"),
-                ExpectedRevision::Any,
-                vec![EventData::new("T", &b"tail"[..])],
-            )
-            .await
-            .expect("appends");
+        // Appended after the snapshot, in two streams, one of them new.
+        for (stream, payload) in [("s-4", "tail"), ("s-1", "tail too"), ("s-4", "last")] {
+            store
+                .append(
+                    &name(stream),
+                    ExpectedRevision::Any,
+                    vec![EventData::new("T", payload.as_bytes().to_vec())],
+                )
+                .await
+                .expect("appends");
+        }
+        // A crash now, before the close that would write a snapshot covering the tail:
+        // the next open loads the first snapshot and replays only the tail.
+        let crashed = storage.duplicate(32);
         let infos = store.list_streams(None, 100).await.expect("lists");
-        (everything(&store).await, infos)
+        ((everything(&store).await, infos), crashed)
     };
-    storage.power_cut();
+    assert!(
+        crashed.contents(snapshot).is_some(),
+        "the crash left the first snapshot"
+    );
     let after_crash = {
-        let store = LogStore::open("/data", faulty_options(&storage)).expect("reopens");
+        let store = LogStore::open("/data", faulty_options(&crashed)).expect("reopens");
         let events = everything(&store).await;
         // Event ids too: those in the snapshot and those replayed after it.
         retries_are_recognised(&store, &events).await;
