@@ -443,13 +443,11 @@ impl IdIndex {
         if !self.merge_due() {
             return None;
         }
-        // Sized for the next merge up front: growing to it rehashed every id on the way.
-        let next = MIN_MERGE.max((self.base.tags.len() + self.recent.len()) / 4);
-        let fresh = Recent {
-            keys: RecentMap::with_capacity_and_hasher(next, Default::default()),
-            overflow: HashMap::new(),
-        };
-        let frozen = Arc::new(std::mem::replace(&mut self.recent, fresh));
+        // The fresh map grows as ids come: sized for the next merge up front, it would
+        // skip some rehashing but hold a quarter of the index's size in touched pages
+        // from the start (random inserts reach every page soon), beside the frozen map
+        // and the merge's new arrays.
+        let frozen = Arc::new(std::mem::take(&mut self.recent));
         self.frozen = Some(Arc::clone(&frozen));
         self.merges += 1;
         Some(MergeJob {
