@@ -886,8 +886,7 @@ mod tests {
                 assert!(index.candidates(id).any(|p| p == n as u64), "id {n}");
             }
         }
-        // An id whose key is one a recorded id has, but above the ceiling: not offered
-        // (below it, the same key would offer that id's position).
+        // An id above the ceiling has no candidates until it is recorded.
         let above = Uuid::from_u128(greatest.as_u128() + 1);
         assert_eq!(candidates(&index, above), Vec::<u64>::new());
         index.insert(above, 9999);
